@@ -1,0 +1,139 @@
+"""The checkpoint callback: one policy from the config decides when, one format decides how.
+
+Modelled on keras.callbacks.ModelCheckpoint, plus what it lacks: every n epochs,
+an epoch-0 checkpoint, TF checkpoints through tf.train.CheckpointManager, and a
+hook that hands every file to MLflow as soon as it is written.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+
+from pipeline.config import CheckpointConfig, CheckpointFormat, CheckpointPolicy, Mode
+from pipeline.errors import ConfigError
+from pipeline.formats import FORMATS, SaveFormat, atomic_path, tf_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckpointRecord:
+    """A written checkpoint and the state it holds, kept to verify the file against."""
+
+    path: Path  # the file; for TF checkpoints, the manager's prefix (e.g. cp-5)
+    epoch: int  # epochs completed when it was written
+    step: int  # optimizer iterations when it was written
+    weights: list[np.ndarray]
+    optimizer_variables: list[np.ndarray]
+
+
+def checkpoint_format(cfg: CheckpointConfig) -> SaveFormat:
+    """The save format a checkpoint config writes with, from the one registry."""
+    if cfg.format is CheckpointFormat.tf_checkpoint:
+        return FORMATS["tf_checkpoint"]
+    return FORMATS["weights" if cfg.weights_only else "keras"]
+
+
+def carries_optimizer(cfg: CheckpointConfig) -> bool:
+    """Keras files always hold the optimizer; a TF checkpoint only when not weights-only."""
+    return cfg.format is CheckpointFormat.keras or not cfg.weights_only
+
+
+class PolicyCheckpoint(keras.callbacks.Callback):
+    """Write checkpoints into `directory` as `cfg.policy` says.
+
+    Args:
+        cfg: the checkpoint config: policy, frequency, format, and what to keep.
+        directory: the folder for this run's checkpoints.
+        on_write: called with the files of each checkpoint right after it is written.
+    """
+
+    def __init__(self, cfg: CheckpointConfig, directory: Path, on_write: Callable[[list[Path]], None]):
+        super().__init__()
+        self.cfg = cfg
+        self.directory = directory
+        self.on_write = on_write
+        self.format = checkpoint_format(cfg)
+        self.by_batch = cfg.policy is CheckpointPolicy.every_n_batches
+        self.latest: Optional[CheckpointRecord] = None
+        self._epoch = 0
+        self._best: Optional[float] = None
+        self._manager = None
+
+    def on_train_begin(self, logs=None):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.cfg.format is CheckpointFormat.tf_checkpoint:
+            import tensorflow as tf
+
+            self._manager = tf.train.CheckpointManager(
+                tf_checkpoint(self.model, with_optimizer=not self.cfg.weights_only),
+                str(self.directory),
+                max_to_keep=self.cfg.max_to_keep,
+                checkpoint_name="cp-step" if self.by_batch else "cp",
+            )
+        if self.cfg.save_initial:
+            self._write(epoch=0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.by_batch and self._step() % self.cfg.every == 0:
+            self._write(epoch=self._epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        completed = epoch + 1
+        policy = self.cfg.policy
+        if policy is CheckpointPolicy.every_epoch or (policy is CheckpointPolicy.every_n_epochs and completed % self.cfg.every == 0):
+            self._write(epoch=completed)
+        elif policy is CheckpointPolicy.best_only and self._improved(logs or {}):
+            self._write(epoch=completed)
+
+    def _improved(self, logs: dict) -> bool:
+        if self.cfg.monitor not in logs:
+            raise ConfigError(f"checkpoint.monitor={self.cfg.monitor!r} is not a logged metric: {', '.join(sorted(logs))}")
+        value = float(logs[self.cfg.monitor])
+        better = self._best is None or (value < self._best if self.cfg.mode is Mode.min else value > self._best)
+        if better:
+            self._best = value
+        return better
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def _write(self, epoch: int) -> None:
+        step = self._step()
+        if self._manager is not None:
+            prefix = Path(self._manager.save(checkpoint_number=step if self.by_batch else epoch))
+            files = sorted(prefix.parent.glob(prefix.name + ".*")) + [self.directory / "checkpoint"]
+            path = prefix
+        else:
+            name = f"cp-step-{step:06d}" if self.by_batch else f"cp-{epoch:04d}"
+            path = self.directory / (name + self.format.suffix)
+            with atomic_path(path) as temporary:
+                self.format.save(self.model, temporary)
+            files = [path]
+        optimizer = self.model.optimizer
+        self.latest = CheckpointRecord(
+            path=path,
+            epoch=epoch,
+            step=step,
+            weights=self.model.get_weights(),
+            optimizer_variables=[v.numpy() for v in optimizer.variables] if optimizer.built else [],
+        )
+        self.on_write(files)
+
+
+def find_latest(directory: Path, fmt: SaveFormat) -> Optional[Path]:
+    """The newest checkpoint in a folder, found the way a user would look for it."""
+    if fmt is FORMATS["tf_checkpoint"]:
+        import tensorflow as tf
+
+        prefix = tf.train.latest_checkpoint(str(directory))
+        return Path(prefix) if prefix else None
+    files = sorted(directory.glob("cp-*" + fmt.suffix))
+    return files[-1] if files else None

@@ -1,0 +1,230 @@
+"""The typed schema every composed config is checked against.
+
+Hydra merges the YAML files in conf/ into these dataclasses, so an unknown key
+or a value of the wrong type fails at composition. `validate` then turns the
+config into plain dataclass instances and calls their `check`, for ranges and
+names, before any data is loaded or any MLflow run is started.
+(The checks are not in `__post_init__` because OmegaConf instantiates the
+schema with placeholder values while composing.)
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from pipeline.errors import ConfigError
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _require_choice(key: str, value: str, valid) -> None:
+    _require(value in valid, f"{key}={value!r} is not one of: {', '.join(sorted(valid))}")
+
+
+class CheckpointPolicy(Enum):
+    every_epoch = "every_epoch"
+    every_n_epochs = "every_n_epochs"
+    every_n_batches = "every_n_batches"
+    best_only = "best_only"
+    none = "none"
+
+
+class CheckpointFormat(Enum):
+    keras = "keras"  # one Keras file per checkpoint: .weights.h5, or .keras for the whole model
+    tf_checkpoint = "tf_checkpoint"  # tf.train.CheckpointManager: index + data shards
+
+
+class Mode(Enum):
+    min = "min"
+    max = "max"
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    path: Optional[str] = None  # an npz in Keras's layout; None means Keras's own download
+    train_size: int = MISSING
+    test_size: int = MISSING
+
+    def check(self) -> None:
+        from pipeline.stages.data import DATASETS
+
+        _require_choice("data.name", self.name, DATASETS)
+        _require(self.train_size >= 1, f"data.train_size must be at least 1 (got {self.train_size})")
+        _require(self.test_size >= 1, f"data.test_size must be at least 1 (got {self.test_size})")
+
+
+@dataclass
+class ModelConfig:
+    architecture: str = MISSING
+    hidden_units: int = 512
+    dropout: float = 0.2
+    conv_filters: List[int] = field(default_factory=lambda: [16, 32])
+
+    def check(self) -> None:
+        from pipeline.architectures import ARCHITECTURES
+
+        _require_choice("model.architecture", self.architecture, ARCHITECTURES)
+        _require(self.hidden_units >= 1, f"model.hidden_units must be at least 1 (got {self.hidden_units})")
+        _require(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1) (got {self.dropout})")
+        _require(all(f >= 1 for f in self.conv_filters), f"model.conv_filters must be positive (got {self.conv_filters})")
+
+
+@dataclass
+class CheckpointConfig:
+    policy: CheckpointPolicy = MISSING
+    every: int = 1  # epochs for every_n_epochs, batches for every_n_batches
+    save_initial: bool = False  # also write the untrained weights as epoch 0, as the tutorial does
+    weights_only: bool = True
+    format: CheckpointFormat = CheckpointFormat.keras
+    max_to_keep: int = 5  # tf_checkpoint only: tf.train.CheckpointManager deletes older ones
+    monitor: str = "val_loss"  # best_only
+    mode: Mode = Mode.min  # best_only
+
+    def check(self) -> None:
+        _require(self.every >= 1, f"checkpoint.every must be at least 1 (got {self.every})")
+        _require(self.max_to_keep >= 1, f"checkpoint.max_to_keep must be at least 1 (got {self.max_to_keep})")
+
+
+@dataclass
+class SaveOptions:
+    filename: str = "model"  # the artifact's name inside saved/<format>/, before the format's suffix
+
+    def check(self) -> None:
+        _require(bool(self.filename) and "/" not in self.filename, f"save filename must be a plain name (got {self.filename!r})")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    monitor: str = "val_loss"
+    patience: int = 3
+    min_delta: float = 0.0
+    restore_best_weights: bool = False
+
+    def check(self) -> None:
+        _require(self.patience >= 0, f"callbacks.early_stopping.patience must be >= 0 (got {self.patience})")
+
+
+@dataclass
+class TensorBoardConfig:
+    histogram_freq: int = 1
+    update_freq: str = "epoch"
+
+
+@dataclass
+class LRScheduleConfig:
+    """Step decay: multiply the learning rate by `factor` every `every` epochs."""
+
+    factor: float = 0.5
+    every: int = 5
+
+    def check(self) -> None:
+        _require(0.0 < self.factor <= 1.0, f"callbacks.lr_schedule.factor must be in (0, 1] (got {self.factor})")
+        _require(self.every >= 1, f"callbacks.lr_schedule.every must be at least 1 (got {self.every})")
+
+
+@dataclass
+class CallbacksConfig:
+    early_stopping: Optional[EarlyStoppingConfig] = None
+    tensorboard: Optional[TensorBoardConfig] = None
+    lr_schedule: Optional[LRScheduleConfig] = None
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"
+    learning_rate: float = 1e-3
+
+    def check(self) -> None:
+        import keras
+
+        _require(self.learning_rate > 0, f"training.optimizer.learning_rate must be positive (got {self.learning_rate})")
+        try:
+            keras.optimizers.get(self.name)
+        except ValueError:
+            public = vars(keras.optimizers).values()
+            valid = sorted(c.__name__.lower() for c in public if isinstance(c, type) and issubclass(c, keras.optimizers.Optimizer) and c is not keras.optimizers.Optimizer)
+            raise ConfigError(f"training.optimizer.name={self.name!r} is not a Keras optimizer: {', '.join(valid)}") from None
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    verbose: int = 1  # Keras's fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
+
+    def check(self) -> None:
+        _require(self.epochs >= 1, f"training.epochs must be at least 1 (got {self.epochs})")
+        _require(self.batch_size >= 1, f"training.batch_size must be at least 1 (got {self.batch_size})")
+        _require(self.verbose in (0, 1, 2), f"training.verbose must be 0, 1 or 2 (got {self.verbose})")
+
+
+@dataclass
+class VerifyConfig:
+    atol: float = 1e-5  # largest absolute difference in logits accepted as "the same model"
+    trust: bool = False  # load with Keras's safe_mode off: only for files you trust to run code
+
+    def check(self) -> None:
+        _require(self.atol >= 0, f"verify.atol must be >= 0 (got {self.atol})")
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None  # None: a sqlite store under paths.root
+    experiment: str = "save-and-load"
+    run_name: Optional[str] = None
+
+
+@dataclass
+class PathsConfig:
+    root: str = "outputs"  # run folders and the default MLflow store live here
+    output_dir: str = MISSING  # this job's folder; Hydra's run dir when started from the CLI
+
+
+@dataclass
+class Config:
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    checkpoint: CheckpointConfig = MISSING
+    save: Dict[str, SaveOptions] = field(default_factory=dict)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 42
+    deterministic: bool = True  # TensorFlow op determinism: same config, same weights
+
+    def check(self) -> None:
+        from pipeline.formats import FORMATS
+
+        _require(bool(self.save), f"save must name at least one format: {', '.join(FORMATS)}")
+        for name, options in self.save.items():
+            _require_choice("save", name, FORMATS)
+            options.check()
+        for part in (self.data, self.model, self.checkpoint, self.training, self.training.optimizer, self.verify):
+            part.check()
+        for callback in (self.callbacks.early_stopping, self.callbacks.lr_schedule):
+            if callback is not None:
+                callback.check()
+
+
+ConfigStore.instance().store(name="schema", node=Config)
+
+
+def validate(cfg: DictConfig) -> Config:
+    """Check a composed config and return it as typed dataclasses."""
+    try:
+        # Re-merging into the schema refuses keys that `+key=value` slipped in.
+        settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg)))
+    except Exception as error:  # OmegaConf's own errors: missing values, bad interpolations
+        raise ConfigError(str(error).splitlines()[0]) from None
+    settings.check()
+    return settings

@@ -1,0 +1,25 @@
+"""The errors a user can act on.
+
+Anything raised as a PipelineError is reported as one line and a non-zero
+exit; everything else is a bug and keeps its traceback.
+"""
+
+
+class PipelineError(Exception):
+    """A problem with the user's input or files, explained in its message."""
+
+
+class ConfigError(PipelineError):
+    """A config value that the schema's types allow but the pipeline cannot use."""
+
+
+class DataError(PipelineError):
+    """A dataset that is missing or not in the expected layout."""
+
+
+class ArtifactError(PipelineError):
+    """A saved model or checkpoint that cannot be written or read back."""
+
+
+class VerificationError(PipelineError):
+    """A saved artifact that does not reproduce the trained model."""

@@ -1,0 +1,198 @@
+"""The one registry of save formats.
+
+Each format knows how to save a model, how a user loads it back, and whether
+it carries the optimizer's state. The save stage, the checkpoint callback and
+reload-verify all iterate this table, so a new format is one new entry.
+"""
+
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from pipeline.errors import ArtifactError
+
+PREDICT_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a loader may need besides the path."""
+
+    fresh_model: Callable[[], Any]  # a compiled, untrained model of the trained architecture
+    safe_mode: bool = True  # Keras refuses to deserialize code (e.g. Lambda layers) when True
+
+
+@dataclass
+class Restored:
+    """A model loaded back from disk, as far as verification needs it."""
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    optimizer: Optional[Any]  # the restored optimizer, where the format carries one
+    handle: Any  # the loaded object; kept so TensorFlow does not free what `predict` calls
+
+
+@dataclass(frozen=True)
+class SaveFormat:
+    name: str
+    suffix: str  # appended to the artifact's name; "" for folders
+    carries_optimizer: bool
+    save: Callable[[Any, Path], None]
+    load: Callable[[Path, LoadContext], Restored]
+    description: str
+
+
+def predict_logits(model, x: np.ndarray) -> np.ndarray:
+    return model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
+
+
+def _keras_restored(model) -> Restored:
+    return Restored(predict=lambda x: predict_logits(model, x), optimizer=model.optimizer, handle=model)
+
+
+def _save_keras(model, path: Path) -> None:
+    model.save(path)
+
+
+def _load_keras(path: Path, ctx: LoadContext) -> Restored:
+    import keras
+
+    return _keras_restored(keras.models.load_model(path, safe_mode=ctx.safe_mode))
+
+
+def _save_h5(model, path: Path) -> None:
+    # Keras 3.15's HDF5 writer pops "optimizer" from the live model's compile
+    # config, so a .keras saved afterwards would lose the optimizer. Put it back.
+    compile_config = getattr(model, "_compile_config", None)
+    kept = dict(compile_config.config) if compile_config is not None else None
+    try:
+        model.save(path)
+    finally:
+        if kept is not None:
+            compile_config.config.update(kept)
+
+
+def _load_h5(path: Path, ctx: LoadContext) -> Restored:
+    """keras.models.load_model, plus the optimizer state it drops.
+
+    Keras 3.15's HDF5 loader builds the optimizer from `model._trainable_variables`,
+    which is empty for Sequential and functional models, so setting the saved slot
+    variables fails and the model comes back with a fresh optimizer. The file does
+    hold that state: read it with Keras's own HDF5 reader into a properly built one.
+    """
+    import h5py
+    import keras
+    from keras.src.legacy.saving.legacy_h5_format import load_optimizer_weights_from_hdf5_group
+
+    model = keras.models.load_model(path, safe_mode=ctx.safe_mode)
+    with h5py.File(path, "r") as f:
+        saved = [np.asarray(v) for v in load_optimizer_weights_from_hdf5_group(f)] if "optimizer_weights" in f else []
+    if saved and len(model.optimizer.variables) != len(saved):
+        optimizer = model.optimizer.__class__.from_config(model.optimizer.get_config())
+        optimizer.build(model.trainable_variables)
+        optimizer.set_weights(saved)
+        model.optimizer = optimizer
+    return _keras_restored(model)
+
+
+def _save_weights(model, path: Path) -> None:
+    model.save_weights(path)
+
+
+def _load_weights(path: Path, ctx: LoadContext) -> Restored:
+    """Keras 3 weight files hold the optimizer's variables too; they load only into a built optimizer."""
+    model = ctx.fresh_model()
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(path)
+    return _keras_restored(model)
+
+
+def _save_savedmodel(model, path: Path) -> None:
+    model.export(path, format="tf_saved_model", verbose=False)
+
+
+def _load_savedmodel(path: Path, ctx: LoadContext) -> Restored:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        batches = [loaded.serve(tf.constant(x[i : i + PREDICT_BATCH])).numpy() for i in range(0, len(x), PREDICT_BATCH)]
+        return np.concatenate(batches)
+
+    return Restored(predict=predict, optimizer=None, handle=loaded)
+
+
+def tf_checkpoint(model, with_optimizer: bool):
+    """The object graph a TF checkpoint holds: the model, and its optimizer if asked."""
+    import tensorflow as tf
+
+    if with_optimizer:
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        return tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    return tf.train.Checkpoint(model=model)
+
+
+def _save_tf_checkpoint(model, path: Path) -> None:
+    import tensorflow as tf
+
+    tf.train.CheckpointManager(tf_checkpoint(model, with_optimizer=True), str(path), max_to_keep=1).save()
+
+
+def load_tf_checkpoint(path: Path, ctx: LoadContext) -> Restored:
+    """Restore the newest checkpoint in a folder into a fresh model.
+
+    The optimizer is built first: restoring into an unbuilt optimizer silently
+    skips its slot variables.
+    """
+    import tensorflow as tf
+
+    prefix = tf.train.latest_checkpoint(str(path))
+    if prefix is None:
+        raise ArtifactError(f"no TF checkpoint in {path} (tf.train.latest_checkpoint found none)")
+    model = ctx.fresh_model()
+    tf_checkpoint(model, with_optimizer=True).restore(prefix).expect_partial()  # a model-only checkpoint has no optimizer
+    return _keras_restored(model)
+
+
+FORMATS: dict[str, SaveFormat] = {
+    f.name: f
+    for f in [
+        SaveFormat("keras", ".keras", True, _save_keras, _load_keras, "Keras v3 zip: config, weights, optimizer"),
+        SaveFormat("h5", ".h5", True, _save_h5, _load_h5, "legacy HDF5 whole model"),
+        SaveFormat("savedmodel", "", False, _save_savedmodel, _load_savedmodel, "TF SavedModel via model.export, for serving"),
+        SaveFormat("weights", ".weights.h5", True, _save_weights, _load_weights, "Keras weights file: layer and optimizer variables, no config"),
+        SaveFormat("tf_checkpoint", "", True, _save_tf_checkpoint, load_tf_checkpoint, "tf.train.Checkpoint of model and optimizer"),
+    ]
+}
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `final` to write to; rename it into place only on success.
+
+    A crash or kill mid-write leaves a `.partial-` name, never a truncated file
+    under the final name. The suffix is kept because Keras picks the format from it.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.with_name(f".partial-{final.name}")
+    _remove(temporary)
+    try:
+        yield temporary
+    except BaseException:
+        _remove(temporary)
+        raise
+    _remove(final)
+    os.replace(temporary, final)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

@@ -1,0 +1,72 @@
+"""Every file location the pipeline uses, derived from the job's output folder.
+
+The same relative layout is used for the MLflow artifacts, so a run's artifact
+tree in the UI mirrors its folder on disk.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CHECKPOINTS = "checkpoints"
+SAVED = "saved"
+REPORTS = "reports"
+PLOTS = "plots"
+TENSORBOARD = "tensorboard"
+HYDRA = "hydra"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The output folder of one job."""
+
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    def saved(self, format_name: str) -> Path:
+        return self.root / SAVED / format_name
+
+    @property
+    def reports(self) -> Path:
+        return self.root / REPORTS
+
+    @property
+    def plots(self) -> Path:
+        return self.root / PLOTS
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD
+
+    @property
+    def hydra(self) -> Path:
+        """Hydra's record of the job: config.yaml, overrides.yaml, hydra.yaml."""
+        return self.root / ".hydra"
+
+    @property
+    def resolved_config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def model_summary(self) -> Path:
+        return self.root / "model_summary.txt"
+
+
+def default_tracking_uri(outputs_root: str) -> str:
+    """The sqlite store used when neither config nor MLFLOW_TRACKING_URI names one."""
+    return f"sqlite:///{Path(outputs_root).resolve() / 'mlflow.db'}"
+
+
+def default_artifact_location(outputs_root: str, experiment: str) -> str:
+    """Artifacts of the default store sit beside it, not in ./mlruns of the current folder."""
+    return (Path(outputs_root).resolve() / "mlartifacts" / experiment).as_uri()
+
+
+def disk_bytes(path: Path) -> int:
+    """Size of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+

@@ -1,0 +1,225 @@
+"""Stage 5: load every saved artifact and the latest checkpoint afresh, and prove each one
+predicts what the trained model predicted and brings back its optimizer state.
+
+The report names each artifact, how far its predictions are from the reference,
+its accuracy next to an untrained model's, and whether the optimizer came back.
+Any artifact that does not round-trip fails the run.
+"""
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import keras
+import numpy as np
+
+from pipeline.checkpoints import PolicyCheckpoint, carries_optimizer, find_latest
+from pipeline.config import Config
+from pipeline.errors import VerificationError
+from pipeline.formats import LoadContext, SaveFormat, predict_logits
+from pipeline.paths import RunPaths, disk_bytes
+from pipeline.stages.data import Dataset
+from pipeline.stages.save import SavedArtifact
+from pipeline.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reference:
+    """What a restored artifact must reproduce."""
+
+    description: str
+    predictions: np.ndarray
+    iterations: int
+    optimizer_variables: list[np.ndarray]
+
+
+@dataclass
+class Check:
+    artifact: str  # a save format's name, or "checkpoint"
+    format: str
+    path: str
+    reference: str
+    max_abs_diff: Optional[float] = None
+    accuracy: Optional[float] = None
+    optimizer: str = "not carried"
+    load_seconds: Optional[float] = None
+    bytes: Optional[int] = None
+    save_seconds: Optional[float] = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def compare_optimizer(restored: Any, reference: Reference) -> tuple[str, Optional[str]]:
+    """A one-line summary of the restored optimizer state, and the problem if it did not come back."""
+    if restored is None or not restored.built:
+        return "missing", f"optimizer state not restored (expected {reference.iterations} iterations)"
+    iterations = int(restored.iterations.numpy())
+    values = [v.numpy() for v in restored.variables]
+    if iterations != reference.iterations:
+        return f"{iterations} iterations", f"optimizer iterations {iterations}, expected {reference.iterations}"
+    shapes, expected_shapes = [v.shape for v in values], [v.shape for v in reference.optimizer_variables]
+    if shapes != expected_shapes:
+        return "mismatched", f"optimizer has {len(values)} variables of shapes {shapes}, expected {expected_shapes}"
+    diff = max((float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(values, reference.optimizer_variables)), default=0.0)
+    if diff > 0:
+        return f"differs by {diff:.3g}", f"optimizer variables differ by up to {diff:.3g}"
+    return f"restored: {iterations} iterations, {len(values)} variables", None
+
+
+def verify_artifact(check: Check, fmt: SaveFormat, path: Path, ctx: LoadContext, reference: Reference, expect_optimizer: bool, data: Dataset, atol: float) -> Check:
+    start = time.perf_counter()
+    try:
+        restored = fmt.load(path, ctx)
+        predictions = restored.predict(data.x_test)
+    except Exception as error:  # a corrupt or incompatible file is a finding, not a crash
+        check.problems.append(f"load failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        return check
+    check.load_seconds = time.perf_counter() - start
+    check.max_abs_diff = float(np.max(np.abs(predictions - reference.predictions)))
+    check.accuracy = accuracy(predictions, data.y_test)
+    if not check.max_abs_diff <= atol:
+        check.problems.append(f"predictions differ by {check.max_abs_diff:.3g} (> atol {atol:g})")
+    if expect_optimizer:
+        check.optimizer, problem = compare_optimizer(restored.optimizer, reference)
+        if problem:
+            check.problems.append(problem)
+    return check
+
+
+def _trained_reference(model: keras.Model, data: Dataset) -> Reference:
+    return Reference(
+        description="trained model",
+        predictions=predict_logits(model, data.x_test),
+        iterations=int(model.optimizer.iterations.numpy()),
+        optimizer_variables=[v.numpy() for v in model.optimizer.variables],
+    )
+
+
+def _checkpoint_reference(checkpoint: PolicyCheckpoint, fresh_model: Callable[[], keras.Model], data: Dataset) -> Reference:
+    """The weights held in memory when the latest checkpoint was written."""
+    record = checkpoint.latest
+    model = fresh_model()
+    model.set_weights(record.weights)
+    return Reference(
+        description=f"weights at epoch {record.epoch}, step {record.step}",
+        predictions=predict_logits(model, data.x_test),
+        iterations=record.step,
+        optimizer_variables=record.optimizer_variables,
+    )
+
+
+def _markdown(checks: list[Check], untrained: float, trained: float, atol: float) -> str:
+    def cell(value, spec=""):
+        return "-" if value is None else format(value, spec)
+
+    lines = [
+        f"Untrained model accuracy: {untrained:.2%}. Trained model accuracy: {trained:.2%}. Tolerance: {atol:g}.",
+        "",
+        "| artifact | format | path | max abs diff | accuracy | optimizer | bytes | save s | load s | result |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in checks:
+        result = "OK" if c.ok else "FAILED: " + "; ".join(c.problems)
+        lines.append(
+            f"| {c.artifact} | {c.format} | {c.path} | {cell(c.max_abs_diff, '.3g')} | {cell(c.accuracy, '.2%')} | {c.optimizer} "
+            f"| {cell(c.bytes, ',')} | {cell(c.save_seconds, '.2f')} | {cell(c.load_seconds, '.2f')} | {result} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Report:
+    untrained_accuracy: float
+    trained_accuracy: float
+    atol: float
+    checks: list[Check]
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+
+def reload_verify(
+    model: keras.Model,
+    data: Dataset,
+    saved: list[SavedArtifact],
+    checkpoint: Optional[PolicyCheckpoint],
+    fresh_model: Callable[[], keras.Model],
+    settings: Config,
+    paths: RunPaths,
+    tracker: Tracker,
+) -> Report:
+    ctx = LoadContext(fresh_model=fresh_model, safe_mode=not settings.verify.trust)
+    atol = settings.verify.atol
+    trained = _trained_reference(model, data)
+    checks = []
+    for artifact in saved:
+        check = Check(artifact.format.name, artifact.format.name, str(artifact.path.relative_to(paths.root)), trained.description)
+        check.bytes, check.save_seconds = artifact.bytes, artifact.save_seconds
+        checks.append(verify_artifact(check, artifact.format, artifact.path, ctx, trained, artifact.format.carries_optimizer, data, atol))
+
+    if checkpoint is not None and checkpoint.latest is not None:
+        latest = find_latest(paths.checkpoints, checkpoint.format)
+        check = Check("checkpoint", checkpoint.format.name, str(latest.relative_to(paths.root)) if latest else "-", "")
+        reference = _checkpoint_reference(checkpoint, fresh_model, data)
+        check.reference = reference.description
+        if latest != checkpoint.latest.path:
+            check.problems.append(f"newest checkpoint on disk is {latest}, but the last one written was {checkpoint.latest.path}")
+        else:
+            load_from = paths.checkpoints if checkpoint.format.name == "tf_checkpoint" else latest
+            check.bytes = disk_bytes(latest) if latest.exists() else sum(disk_bytes(f) for f in latest.parent.glob(latest.name + ".*"))
+            verify_artifact(check, checkpoint.format, load_from, ctx, reference, carries_optimizer(checkpoint.cfg), data, atol)
+        checks.append(check)
+
+    report = Report(accuracy(predict_logits(fresh_model(), data.x_test), data.y_test), accuracy(trained.predictions, data.y_test), atol, checks)
+    _record(report, paths, tracker)
+    if report.failures:
+        details = "; ".join(f"{c.artifact} ({c.path}): {', '.join(c.problems)}" for c in report.failures)
+        raise VerificationError(f"reload-verify failed for {len(report.failures)} of {len(checks)} artifacts: {details}. Report: {paths.reports / 'verify.md'}")
+    return report
+
+
+def _record(report: Report, paths: RunPaths, tracker: Tracker) -> None:
+    paths.reports.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "untrained_accuracy": report.untrained_accuracy,
+        "trained_accuracy": report.trained_accuracy,
+        "atol": report.atol,
+        "ok": not report.failures,
+        "artifacts": [{**asdict(c), "ok": c.ok} for c in report.checks],
+    }
+    (paths.reports / "verify.json").write_text(json.dumps(payload, indent=2))
+    table = _markdown(report.checks, report.untrained_accuracy, report.trained_accuracy, report.atol)
+    (paths.reports / "verify.md").write_text("# Reload-verify report\n\n" + table)
+    tracker.log_folder(paths.reports)
+
+    metrics = {"untrained_accuracy": report.untrained_accuracy, "trained_accuracy": report.trained_accuracy}
+    for c in report.checks:
+        for key in ("max_abs_diff", "accuracy", "load_seconds"):
+            value = getattr(c, key)
+            if value is not None:
+                metrics[f"{c.artifact}/{'restored_accuracy' if key == 'accuracy' else key}"] = value
+        metrics[f"{c.artifact}/verified"] = float(c.ok)
+    tracker.log_metrics(metrics)
+    for c in report.checks:
+        log.info(
+            "verify  | %-13s %s: max abs diff %s, accuracy %s (untrained %.1f%%), optimizer %s",
+            c.artifact,
+            "OK" if c.ok else "FAILED",
+            "-" if c.max_abs_diff is None else f"{c.max_abs_diff:.3g}",
+            "-" if c.accuracy is None else f"{c.accuracy:.1%}",
+            100 * report.untrained_accuracy,
+            c.optimizer,
+        )

@@ -1,0 +1,105 @@
+"""Each checkpoint policy writes the files its name promises, and MLflow receives each as it is written."""
+
+import json
+
+import pytest
+import tensorflow as tf
+
+from conftest import only_run
+from pipeline.task import run
+
+TINY = ["data=digits", "data.train_size=64", "data.test_size=64", "training.batch_size=32", "save=[keras]"]
+
+
+def names(folder, pattern):
+    return sorted(p.name for p in folder.glob(pattern))
+
+
+def logged(client, run_id, folder="checkpoints"):
+    return sorted(f.path.split("/")[-1] for f in client.list_artifacts(run_id, folder))
+
+
+def test_every_n_epochs_keras_weights_keeps_all(make_cfg, client, tmp_path):
+    run(make_cfg(*TINY, "checkpoint=every_n_epochs", "checkpoint.every=5", "training.epochs=50"))
+
+    expected = [f"cp-{e:04d}.weights.h5" for e in range(0, 51, 5)]
+    assert names(tmp_path / "job" / "checkpoints", "cp-*") == expected
+    assert logged(client, only_run(client).info.run_id) == expected
+
+
+def test_every_n_epochs_tf_checkpoint_keeps_max_to_keep(make_cfg, client, tmp_path):
+    run(make_cfg(*TINY, "checkpoint=every_n_epochs", "checkpoint.every=5", "checkpoint.format=tf_checkpoint", "checkpoint.max_to_keep=5", "training.epochs=50"))
+
+    folder = tmp_path / "job" / "checkpoints"
+    assert names(folder, "cp-*.index") == sorted(f"cp-{e}.index" for e in range(30, 51, 5))
+    assert tf.train.latest_checkpoint(str(folder)) == str(folder / "cp-50")
+    # Uploaded as written: MLflow still holds the ones the manager has since deleted.
+    uploaded = logged(client, only_run(client).info.run_id)
+    assert {f"cp-{e}.index" for e in range(0, 51, 5)} <= set(uploaded)
+    assert "checkpoint" in uploaded
+
+
+def test_every_n_batches_names_by_step(make_cfg, tmp_path):
+    # 128 examples / batch 32 = 4 steps an epoch; 2 epochs = 8 steps; every 3 -> steps 3 and 6.
+    run(make_cfg(*TINY, "data.train_size=128", "checkpoint=every_n_batches", "checkpoint.every=3", "training.epochs=2"))
+
+    assert names(tmp_path / "job" / "checkpoints", "cp-*") == ["cp-step-000003.weights.h5", "cp-step-000006.weights.h5"]
+    report = json.loads((tmp_path / "job" / "reports" / "verify.json").read_text())
+    checkpoint = next(a for a in report["artifacts"] if a["artifact"] == "checkpoint")
+    assert checkpoint["ok"] and checkpoint["reference"] == "weights at epoch 1, step 6"
+
+
+def test_best_only_writes_only_improvements(make_cfg, client, tmp_path):
+    run(make_cfg(*TINY, "checkpoint=best_only", "training.epochs=12", "training.optimizer.learning_rate=0.05"))
+
+    history = [m.value for m in sorted(client.get_metric_history(only_run(client).info.run_id, "val_loss"), key=lambda m: m.step)]
+    improved = [epoch for epoch, value in enumerate(history, start=1) if value < min(history[: epoch - 1], default=float("inf"))]
+    assert 1 < len(improved) < len(history)  # the high learning rate makes val_loss bounce
+    assert names(tmp_path / "job" / "checkpoints", "cp-*") == [f"cp-{e:04d}.weights.h5" for e in improved]
+
+
+def test_whole_model_checkpoints_restore_optimizer(make_cfg, tmp_path):
+    run(make_cfg(*TINY, "checkpoint=every_epoch", "checkpoint.weights_only=false", "training.epochs=3"))
+
+    assert names(tmp_path / "job" / "checkpoints", "cp-*") == ["cp-0001.keras", "cp-0002.keras", "cp-0003.keras"]
+    report = json.loads((tmp_path / "job" / "reports" / "verify.json").read_text())
+    checkpoint = next(a for a in report["artifacts"] if a["artifact"] == "checkpoint")
+    assert checkpoint["ok"] and checkpoint["optimizer"] == "restored: 6 iterations, 10 variables"
+
+
+@pytest.mark.parametrize("weights_only", [True, False])
+def test_tf_checkpoint_optimizer_only_when_whole(weights_only, make_cfg, tmp_path):
+    run(make_cfg(*TINY, "checkpoint.format=tf_checkpoint", f"checkpoint.weights_only={weights_only}", "training.epochs=2"))
+
+    report = json.loads((tmp_path / "job" / "reports" / "verify.json").read_text())
+    checkpoint = next(a for a in report["artifacts"] if a["artifact"] == "checkpoint")
+    assert checkpoint["ok"], checkpoint["problems"]
+    assert checkpoint["optimizer"] == ("not carried" if weights_only else "restored: 4 iterations, 10 variables")
+
+
+def test_none_writes_no_checkpoints(make_cfg, tmp_path):
+    run(make_cfg(*TINY, "checkpoint=none", "training.epochs=2"))
+
+    assert not (tmp_path / "job" / "checkpoints").exists()
+    report = json.loads((tmp_path / "job" / "reports" / "verify.json").read_text())
+    assert [a["artifact"] for a in report["artifacts"]] == ["keras"]
+
+
+def test_callbacks_compose_with_the_checkpoint(make_cfg, client, tmp_path):
+    metrics = run(
+        make_cfg(
+            *TINY,
+            "callbacks=[early_stopping,tensorboard,lr_schedule]",
+            "callbacks.early_stopping.patience=0",
+            "callbacks.early_stopping.min_delta=10",  # nothing improves by 10: stop after the first epoch
+            "callbacks.lr_schedule.every=1",
+            "training.epochs=10",
+        )
+    )
+
+    run_id = only_run(client).info.run_id
+    assert len(client.get_metric_history(run_id, "loss")) == 2  # epoch 1, then patience 0 stops after epoch 2
+    assert [m.value for m in sorted(client.get_metric_history(run_id, "learning_rate"), key=lambda m: m.step)] == pytest.approx([1e-3, 5e-4])
+    assert names(tmp_path / "job" / "checkpoints", "cp-*") == ["cp-0001.weights.h5", "cp-0002.weights.h5"]
+    assert {f.path for f in client.list_artifacts(run_id, "tensorboard")} >= {"tensorboard/train", "tensorboard/validation"}
+    assert metrics["checkpoint/verified"] == 1.0

@@ -1,0 +1,84 @@
+"""The composed config: the tutorial by default, overridable per group, and bad input refused before any work."""
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from conftest import run_cli
+from pipeline.config import CheckpointPolicy, validate
+from pipeline.errors import ConfigError
+
+
+def test_default_is_the_tutorial(make_cfg):
+    settings = validate(make_cfg())
+
+    assert (settings.data.name, settings.data.train_size, settings.data.test_size) == ("mnist", 1000, 1000)
+    assert (settings.model.architecture, settings.model.hidden_units, settings.model.dropout) == ("mlp", 512, 0.2)
+    assert (settings.training.epochs, settings.training.batch_size, settings.training.optimizer.name) == (10, 32, "adam")
+    assert settings.checkpoint.policy is CheckpointPolicy.every_epoch and settings.checkpoint.weights_only
+    assert list(settings.save) == ["keras"]
+    assert settings.callbacks.early_stopping is None and settings.callbacks.tensorboard is None
+
+
+def test_groups_are_overridable(make_cfg):
+    settings = validate(make_cfg("model=cnn", "checkpoint=every_n_epochs", "checkpoint.every=5", "save=[h5,keras,savedmodel]", "callbacks=[tensorboard,lr_schedule]"))
+
+    assert settings.model.architecture == "cnn"
+    assert (settings.checkpoint.policy, settings.checkpoint.every, settings.checkpoint.save_initial) == (CheckpointPolicy.every_n_epochs, 5, True)
+    assert list(settings.save) == ["h5", "keras", "savedmodel"]  # the order given is the order saved
+    assert settings.callbacks.tensorboard.histogram_freq == 1 and settings.callbacks.lr_schedule.factor == 0.5
+    assert settings.callbacks.early_stopping is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("checkpoint.every=-1", "checkpoint.every must be at least 1 (got -1)"),
+        ("training.batch_size=0", "training.batch_size must be at least 1 (got 0)"),
+        ("save=[]", "save must name at least one format: keras, h5, savedmodel, weights, tf_checkpoint"),
+        ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
+        ("training.optimizer.name=adamm", "training.optimizer.name='adamm' is not a Keras optimizer: adadelta"),
+        ("model.architecture=nope", "model.architecture='nope' is not one of: cnn, mlp, residual"),
+    ],
+)
+def test_bad_values_are_refused(override, message, make_cfg):
+    with pytest.raises(ConfigError) as error:
+        validate(make_cfg(override))
+    assert message in str(error.value)
+
+
+def test_wrong_types_and_unknown_keys_are_refused_at_composition(make_cfg):
+    with pytest.raises(ConfigCompositionException, match="checkpoint.every"):
+        make_cfg("checkpoint.every=often")
+    with pytest.raises(ConfigCompositionException, match="checkpoint.policy"):
+        make_cfg("checkpoint.policy=sometimes")
+    with pytest.raises(ConfigCompositionException, match="colour"):
+        make_cfg("model.colour=red")
+    with pytest.raises(ConfigError, match="colour"):  # `+` opens the node for writing; the schema still refuses it
+        validate(make_cfg("+model.colour=red"))
+
+
+def test_unknown_choice_names_the_valid_ones(make_cfg):
+    with pytest.raises(MissingConfigException) as error:
+        make_cfg("model=nope")
+    assert all(name in str(error.value) for name in ("cnn", "mlp", "residual"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model=nope", ["error: model='nope' is not an option; choose from: cnn, mlp, residual"]),
+        ("save=[keras,zip]", ["error: save='zip' is not an option; choose from: h5, keras, savedmodel, tf_checkpoint, weights"]),
+        ("checkpoint.policy=sometimes", ["Invalid value 'sometimes', expected one of [every_epoch, every_n_epochs, every_n_batches, best_only, none]"]),
+        ("checkpoint.every=-1", ["error: checkpoint.every must be at least 1 (got -1)"]),
+    ],
+)
+def test_cli_refuses_bad_input_before_training(override, expected, tmp_path):
+    result = run_cli(override, cwd=tmp_path)
+
+    assert result.returncode != 0
+    for text in expected:
+        assert text in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Epoch 1/" not in result.stdout
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()  # refused before any run was opened

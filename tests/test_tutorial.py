@@ -1,0 +1,82 @@
+"""End to end through the real CLI: the tutorial's numbers, and everything a user finds in MLflow."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import EXPERIMENT, PROJECT, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def artifact_paths(client: MlflowClient, run_id: str, folder: str = "") -> set[str]:
+    """Every artifact file under a folder, recursively."""
+    found = set()
+    for item in client.list_artifacts(run_id, folder or None):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def finished_run(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert run.info.status == "FINISHED"
+    return client, run
+
+
+def test_default_experiment_reproduces_the_tutorial(tmp_path):
+    result = run_cli(cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("data    |", "build   |", "fit     |", "save    |", "verify  |", "done    |"):
+        assert stage in result.stdout + result.stderr
+
+    client, run = finished_run(tmp_path)
+    metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+    assert 0.05 <= metrics["untrained_accuracy"] <= 0.15
+    assert metrics["keras/restored_accuracy"] >= 0.84
+    assert metrics["checkpoint/restored_accuracy"] >= 0.84
+    assert metrics["keras/max_abs_diff"] <= 1e-5 and metrics["keras/file_bytes"] > 0
+    assert {"keras/save_seconds", "keras/load_seconds"} <= set(metrics)
+
+    assert params["model.architecture"] == "mlp" and params["model.hidden_units"] == "512"
+    assert params["training.epochs"] == "10" and params["data.train_size"] == "1000"
+    assert params["checkpoint.policy"] == "every_epoch"
+    assert (tags["architecture"], tags["checkpoint_policy"], tags["save_formats"]) == ("mlp", "every_epoch", "keras")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True)
+    assert tags.get("git.commit") == (head.stdout.strip() if head.returncode == 0 else None)
+
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == list(range(10)), name
+
+    files = artifact_paths(client, run.info.run_id)
+    assert {f"checkpoints/cp-{e:04d}.weights.h5" for e in range(1, 11)} <= files
+    assert {
+        "config.yaml",
+        "hydra/config.yaml",
+        "hydra/overrides.yaml",
+        "hydra/hydra.yaml",
+        "model_summary.txt",
+        "saved/keras/model.keras",
+        "reports/verify.json",
+        "reports/verify.md",
+        "plots/training_curves.png",
+    } <= files
+    report = json.loads(Path(client.download_artifacts(run.info.run_id, "reports/verify.json", str(tmp_path))).read_text())
+    assert report["ok"] and {a["artifact"] for a in report["artifacts"]} == {"keras", "checkpoint"}
+
+
+def test_cnn_every_five_epochs_in_three_formats(tmp_path):
+    result = run_cli("model=cnn", "checkpoint=every_n_epochs", "checkpoint.every=5", "save=[keras,h5,savedmodel]", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client, run = finished_run(tmp_path)
+    files = artifact_paths(client, run.info.run_id)
+    assert {"checkpoints/cp-0000.weights.h5", "checkpoints/cp-0005.weights.h5", "checkpoints/cp-0010.weights.h5"} <= files
+    assert {"saved/keras/model.keras", "saved/h5/model.h5", "saved/savedmodel/model/saved_model.pb"} <= files
+    for name in ("keras", "h5", "savedmodel", "checkpoint"):
+        assert run.data.metrics[f"{name}/verified"] == 1.0
+        assert run.data.metrics[f"{name}/restored_accuracy"] >= 0.84
+    assert run.data.tags["save_formats"] == "keras,h5,savedmodel"
