@@ -50,17 +50,19 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         cfg: the checkpoint config: policy, frequency, format, and what to keep.
         directory: the folder for this run's checkpoints.
         on_write: called with the files of each checkpoint right after it is written.
+        first_epoch: the epoch training starts from; a resumed run does not write epoch 0 again.
     """
 
-    def __init__(self, cfg: CheckpointConfig, directory: Path, on_write: Callable[[list[Path]], None]):
+    def __init__(self, cfg: CheckpointConfig, directory: Path, on_write: Callable[[list[Path]], None], first_epoch: int = 0):
         super().__init__()
         self.cfg = cfg
         self.directory = directory
         self.on_write = on_write
         self.format = checkpoint_format(cfg)
         self.by_batch = cfg.policy is CheckpointPolicy.every_n_batches
+        self.first_epoch = first_epoch
         self.latest: Optional[CheckpointRecord] = None
-        self._epoch = 0
+        self._epoch = first_epoch
         self._best: Optional[float] = None
         self._manager = None
 
@@ -75,7 +77,7 @@ class PolicyCheckpoint(keras.callbacks.Callback):
                 max_to_keep=self.cfg.max_to_keep,
                 checkpoint_name="cp-step" if self.by_batch else "cp",
             )
-        if self.cfg.save_initial:
+        if self.cfg.save_initial and self.first_epoch == 0:
             self._write(epoch=0)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -92,6 +94,13 @@ class PolicyCheckpoint(keras.callbacks.Callback):
             self._write(epoch=completed)
         elif policy is CheckpointPolicy.best_only and self._improved(logs or {}):
             self._write(epoch=completed)
+
+    def state(self) -> dict:
+        """What a resumed run needs to carry on the same policy: the best value so far."""
+        return {"checkpoint_best": self._best}
+
+    def load_state(self, state: dict) -> None:
+        self._best = state.get("checkpoint_best")
 
     def _improved(self, logs: dict) -> bool:
         if self.cfg.monitor not in logs:

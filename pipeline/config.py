@@ -180,6 +180,7 @@ class TrackingConfig:
     uri: Optional[str] = None  # None: a sqlite store under paths.root
     experiment: str = "save-and-load"
     run_name: Optional[str] = None
+    tags: Dict[str, str] = field(default_factory=dict)  # extra tags on the run
 
 
 @dataclass
@@ -201,6 +202,9 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 42
     deterministic: bool = True  # TensorFlow op determinism: same config, same weights
+    # "auto": continue an interrupted run of the same config; a run id or output folder:
+    # continue that run; null: always start a new run.
+    resume: Optional[str] = "auto"
 
     def check(self) -> None:
         from pipeline.formats import FORMATS

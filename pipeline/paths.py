@@ -7,13 +7,6 @@ tree in the UI mirrors its folder on disk.
 from dataclasses import dataclass
 from pathlib import Path
 
-CHECKPOINTS = "checkpoints"
-SAVED = "saved"
-REPORTS = "reports"
-PLOTS = "plots"
-TENSORBOARD = "tensorboard"
-HYDRA = "hydra"
-
 
 @dataclass(frozen=True)
 class RunPaths:
@@ -23,22 +16,27 @@ class RunPaths:
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / CHECKPOINTS
+        return self.root / "checkpoints"
+
+    @property
+    def resume(self) -> Path:
+        """The last two full training states, for continuing an interrupted run."""
+        return self.root / "resume"
 
     def saved(self, format_name: str) -> Path:
-        return self.root / SAVED / format_name
+        return self.root / "saved" / format_name
 
     @property
     def reports(self) -> Path:
-        return self.root / REPORTS
+        return self.root / "reports"
 
     @property
     def plots(self) -> Path:
-        return self.root / PLOTS
+        return self.root / "plots"
 
     @property
     def tensorboard(self) -> Path:
-        return self.root / TENSORBOARD
+        return self.root / "tensorboard"
 
     @property
     def hydra(self) -> Path:
@@ -52,6 +50,11 @@ class RunPaths:
     @property
     def model_summary(self) -> Path:
         return self.root / "model_summary.txt"
+
+    @property
+    def requirements(self) -> Path:
+        """The installed packages, as `pip freeze` would list them."""
+        return self.root / "environment" / "requirements.txt"
 
 
 def default_tracking_uri(outputs_root: str) -> str:

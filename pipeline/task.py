@@ -1,14 +1,17 @@
 """The task: one job from a composed config to its metrics.
 
 `run` is what the Hydra entry point, sweepers and tests call. It validates the
-config before anything is loaded, opens one MLflow run around the stages, and
-returns the metrics that the run logged.
+config before anything is loaded, opens (or, to resume, reopens) one MLflow run
+around the stages, and returns the metrics the run logged.
 """
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
 import keras
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.architectures import ARCHITECTURES
@@ -16,14 +19,18 @@ from pipeline.config import Config, validate
 from pipeline.errors import PipelineError
 from pipeline.paths import RunPaths
 from pipeline.plots import plot_training_curves
+from pipeline.resume import find_run_to_resume, owner_tags
 from pipeline.stages.build import build, build_model, summary_text
-from pipeline.stages.data import load_data
+from pipeline.stages.data import Dataset, load_data
 from pipeline.stages.fit import fit
 from pipeline.stages.reload_verify import reload_verify
 from pipeline.stages.save import save
-from pipeline.tracking import Tracker, git_state, tracked_run
+from pipeline.tracking import Tracker, connect, environment_tags, git_state, installed_packages, tracked_run
 
 log = logging.getLogger(__name__)
+
+# Where a job runs and is tracked, not what it computes: left out of the config digest.
+NOT_EXPERIMENT = ("paths", "tracking", "resume")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -38,35 +45,75 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def run_tags(settings: Config) -> dict:
+def resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """The same experiment gives the same digest, wherever it runs and is tracked."""
+    experiment = {k: v for k, v in resolved(cfg).items() if k not in NOT_EXPERIMENT}
+    experiment["training"] = {k: v for k, v in experiment["training"].items() if k != "verbose"}
+    return hashlib.sha256(json.dumps(experiment, sort_keys=True).encode()).hexdigest()
+
+
+def weights_digest(model: keras.Model) -> str:
+    return hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
+
+
+def command_line_overrides() -> dict:
+    """The overrides this job was started with, when it came from the Hydra command line."""
+    if not HydraConfig.initialized():
+        return {}
+    return {"overrides": " ".join(HydraConfig.get().overrides.task) or "(none)"}
+
+
+def run_tags(settings: Config, digest: str, output_dir: Path) -> dict:
     return {
         "architecture": settings.model.architecture,
         "checkpoint_policy": settings.checkpoint.policy.value,
         "save_formats": ",".join(settings.save),
         "dataset": settings.data.name,
+        "config_digest": digest,
+        "output_dir": str(output_dir),
+        **command_line_overrides(),
+        **owner_tags(),
         **git_state(),
+        **environment_tags(),
+        **settings.tracking.tags,
     }
 
 
 def _log_inputs(cfg: DictConfig, paths: RunPaths, tracker: Tracker) -> None:
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    tracker.log_params(flatten(resolved))
-    paths.resolved_config.write_text(OmegaConf.to_yaml(resolved))
-    tracker.log_files([paths.resolved_config])
+    """The config and environment a re-run needs."""
+    tracker.log_params(flatten(resolved(cfg)))
+    paths.resolved_config.write_text(OmegaConf.to_yaml(resolved(cfg)))
+    paths.requirements.parent.mkdir(parents=True, exist_ok=True)
+    paths.requirements.write_text(installed_packages())
+    tracker.log_files([paths.resolved_config, paths.requirements])
     if paths.hydra.is_dir():
         tracker.log_folder(paths.hydra, "hydra")
 
 
+def _log_datasets(data: Dataset, tracker: Tracker) -> None:
+    tracker.log_dataset(data.x_train, data.y_train, f"{data.name}-train", data.source, "training")
+    tracker.log_dataset(data.x_test, data.y_test, f"{data.name}-test", data.source, "evaluation")
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     settings = validate(cfg)
-    paths = RunPaths(Path(settings.paths.output_dir).resolve())
+    digest = config_digest(cfg)
+    client, experiment_id = connect(settings)
+    resumed = find_run_to_resume(client, experiment_id, settings.resume, digest, settings.training.epochs)
+    paths = RunPaths(resumed[1] if resumed else Path(settings.paths.output_dir).resolve())
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise PipelineError(f"cannot create the output folder {paths.root}: {error.strerror}") from None
 
-    with tracked_run(settings, paths.root, run_tags(settings)) as tracker:
-        _log_inputs(cfg, paths, tracker)
+    tags = run_tags(settings, digest, paths.root)
+    with tracked_run(client, experiment_id, settings, paths.root, tags, resume_run_id=resumed[0] if resumed else None) as tracker:
+        if not resumed:
+            _log_inputs(cfg, paths, tracker)
         keras.utils.set_random_seed(settings.seed)
         if settings.deterministic:
             import tensorflow as tf
@@ -74,12 +121,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
             tf.config.experimental.enable_op_determinism()
 
         data = load_data(settings.data, ARCHITECTURES[settings.model.architecture].layout)
+        if not resumed:
+            _log_datasets(data, tracker)
         model = build(settings.model, settings.training.optimizer, data.input_shape, data.num_classes)
         paths.model_summary.write_text(summary_text(model))
         tracker.log_files([paths.model_summary])
 
-        result = fit(model, data, settings, paths, tracker)
-        tracker.log_files([plot_training_curves(result.history, paths.plots / "training_curves.png", f"{model.name} on {data.name}")])
+        result = fit(model, data, settings, paths, tracker, resuming=resumed is not None)
+        tracker.set_tags({"weights_sha256": weights_digest(model)})
+        history = tracker.metric_histories(["loss", "accuracy", "val_loss", "val_accuracy"])
+        tracker.log_files([plot_training_curves(history, paths.plots / "training_curves.png", f"{model.name} on {data.name}")])
 
         saved = save(model, settings.save, paths, tracker)
         report = reload_verify(

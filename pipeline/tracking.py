@@ -5,15 +5,19 @@ the traceback as an artifact otherwise, so no run is left RUNNING.
 """
 
 import logging
+import platform
 import subprocess
 import traceback
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import mlflow
+from mlflow.entities import DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipeline.config import Config
 from pipeline.paths import default_artifact_location, default_tracking_uri
@@ -41,11 +45,21 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
+    def metric_histories(self, names: list[str]) -> dict[str, list[float]]:
+        """Each metric's values in step order, over every session of a resumed run."""
+        histories = {name: sorted(self.client.get_metric_history(self.run_id, name), key=lambda m: m.step) for name in names}
+        return {name: [m.value for m in history] for name, history in histories.items() if history}
+
     def log_files(self, paths: Iterable[Path]) -> None:
         """Upload files, each under the artifact folder that mirrors its place on disk."""
         for path in paths:
             folder = path.parent.relative_to(self.output_dir).as_posix()
             self.client.log_artifact(self.run_id, str(path), None if folder == "." else folder)
+
+    def log_dataset(self, features, targets, name: str, source: str, context: str) -> None:
+        """Record a dataset as an MLflow input: its name, source, shape and content digest."""
+        dataset = mlflow.data.from_numpy(features, targets=targets, source=source, name=name)
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
 
     def log_folder(self, folder: Path, artifact_path: Optional[str] = None) -> None:
         if artifact_path is None:
@@ -69,28 +83,49 @@ def git_state() -> dict:
         return {}
 
 
-def _experiment_id(client: MlflowClient, settings: Config) -> str:
-    experiment = client.get_experiment_by_name(settings.tracking.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None if settings.tracking.uri else default_artifact_location(settings.paths.root, settings.tracking.experiment)
-    return client.create_experiment(settings.tracking.experiment, artifact_location=location)
-
-
-@contextmanager
-def tracked_run(settings: Config, output_dir: Path, tags: dict) -> Iterator[Tracker]:
+def connect(settings: Config) -> tuple[MlflowClient, str]:
+    """The client for the configured store and the experiment's id, creating it if needed."""
     uri = tracking_uri(settings)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    run = client.create_run(_experiment_id(client, settings), run_name=settings.tracking.run_name, tags=resolve_tags({k: str(v) for k, v in tags.items()}))
-    tracker = Tracker(client, run.info.run_id, output_dir)
-    log.info("mlflow  | run %s in experiment %r at %s", run.info.run_id, settings.tracking.experiment, uri)
+    experiment = client.get_experiment_by_name(settings.tracking.experiment)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    location = None if settings.tracking.uri else default_artifact_location(settings.paths.root, settings.tracking.experiment)
+    return client, client.create_experiment(settings.tracking.experiment, artifact_location=location)
+
+
+def environment_tags() -> dict:
+    """What a re-run needs to match: library versions and the platform."""
+    versions = {name: metadata.version(name) for name in ("tensorflow", "keras", "mlflow", "hydra-core", "numpy")}
+    return {"version.python": platform.python_version(), **{f"version.{k}": v for k, v in versions.items()}, "platform": platform.platform()}
+
+
+def installed_packages() -> str:
+    """`pip freeze` without a pip subprocess: every installed distribution as name==version."""
+    names = {f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]}
+    return "\n".join(sorted(names, key=str.lower)) + "\n"
+
+
+@contextmanager
+def tracked_run(client: MlflowClient, experiment_id: str, settings: Config, output_dir: Path, tags: dict, resume_run_id: Optional[str] = None) -> Iterator[Tracker]:
+    """Open a new run, or reopen `resume_run_id`, and always end it with a final status."""
+    tags = {k: str(v) for k, v in tags.items()}
+    if resume_run_id is None:
+        run_id = client.create_run(experiment_id, run_name=settings.tracking.run_name, tags=resolve_tags(tags)).info.run_id
+    else:
+        run_id = resume_run_id
+        client.update_run(run_id, status="RUNNING")
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+    tracker = Tracker(client, run_id, output_dir)
+    log.info("mlflow  | %s run %s in experiment %r at %s", "resumed" if resume_run_id else "new", run_id, settings.tracking.experiment, client.tracking_uri)
     try:
         yield tracker
     except BaseException as error:
-        client.set_tag(run.info.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
-        client.log_text(run.info.run_id, traceback.format_exc(), "error/traceback.txt")
-        client.set_terminated(run.info.run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-        log.error("mlflow  | run %s marked FAILED; outputs kept in %s", run.info.run_id, output_dir)
+        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+        client.log_text(run_id, traceback.format_exc(), "error/traceback.txt")
+        client.set_terminated(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        log.error("mlflow  | run %s marked %s; outputs kept in %s", run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", output_dir)
         raise
-    client.set_terminated(run.info.run_id, "FINISHED")
+    client.set_terminated(run_id, "FINISHED")

@@ -73,6 +73,7 @@ def test_cnn_every_five_epochs_in_three_formats(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     client, run = finished_run(tmp_path)
+    assert run.data.tags["overrides"] == "model=cnn checkpoint=every_n_epochs checkpoint.every=5 save=[keras,h5,savedmodel]"
     files = artifact_paths(client, run.info.run_id)
     assert {"checkpoints/cp-0000.weights.h5", "checkpoints/cp-0005.weights.h5", "checkpoints/cp-0010.weights.h5"} <= files
     assert {"saved/keras/model.keras", "saved/h5/model.h5", "saved/savedmodel/model/saved_model.pb"} <= files

@@ -64,7 +64,12 @@ def _mnist(cfg: DataConfig) -> RawImages:
     else:
         import keras
 
-        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+        try:
+            (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+        except Exception as error:  # no network, a proxy, a damaged cache: all end the same way for the user
+            raise DataError(
+                f"could not download MNIST ({str(error).splitlines()[0]}); set MNIST_NPZ or data.path to a local mnist.npz, or use data=digits"
+            ) from None
         source = "keras.datasets.mnist"
     for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (len(x),):

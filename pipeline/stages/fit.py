@@ -1,6 +1,7 @@
 """Stage 3: train with the checkpoint policy and the optional callbacks, streaming to MLflow."""
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -8,7 +9,9 @@ import keras
 
 from pipeline.checkpoints import PolicyCheckpoint
 from pipeline.config import CallbacksConfig, CheckpointPolicy, Config
+from pipeline.errors import ArtifactError
 from pipeline.paths import RunPaths
+from pipeline.resume import EpochSeeds, TrainingBackup, restore, training_dataset
 from pipeline.stages.data import Dataset
 from pipeline.tracking import Tracker
 
@@ -53,34 +56,50 @@ def optional_callbacks(cfg: CallbacksConfig, paths: RunPaths) -> list[keras.call
 
 @dataclass
 class FitResult:
-    history: dict[str, list[float]]
     checkpoint: Optional[PolicyCheckpoint]
+    first_epoch: int  # 0, or the epoch a resumed run continued from
 
 
-def fit(model: keras.Model, data: Dataset, settings: Config, paths: RunPaths, tracker: Tracker) -> FitResult:
+def fit(model: keras.Model, data: Dataset, settings: Config, paths: RunPaths, tracker: Tracker, resuming: bool) -> FitResult:
+    first_epoch = 0
+    if resuming:
+        point = restore(paths.resume, model)
+        if point is None:
+            raise ArtifactError(f"cannot resume: no readable training state in {paths.resume}")
+        first_epoch = point.epoch
+
     checkpoint = None
     callbacks = optional_callbacks(settings.callbacks, paths)
     if settings.checkpoint.policy is not CheckpointPolicy.none:
-        checkpoint = PolicyCheckpoint(settings.checkpoint, paths.checkpoints, on_write=tracker.log_files)
+        checkpoint = PolicyCheckpoint(settings.checkpoint, paths.checkpoints, on_write=tracker.log_files, first_epoch=first_epoch)
+        if resuming:
+            checkpoint.load_state(point.state)
         callbacks.append(checkpoint)
-    callbacks.append(MlflowMetrics(tracker))  # last, so it sees what the others add to the logs (learning_rate)
+    callbacks.append(EpochSeeds(settings.seed))
+    # Metrics after the callbacks that add to the logs (learning_rate); the backup last, so a
+    # kill between the two repeats an epoch's metrics (with the same values) rather than losing them.
+    callbacks.append(MlflowMetrics(tracker))
+    callbacks.append(TrainingBackup(paths.resume, tracker.run_id, extra_state=checkpoint.state if checkpoint else dict))
 
-    history = model.fit(
-        data.x_train,
-        data.y_train,
-        epochs=settings.training.epochs,
-        batch_size=settings.training.batch_size,
-        validation_data=(data.x_test, data.y_test),
-        callbacks=callbacks,
-        verbose=settings.training.verbose,
-    ).history
+    epochs, batch_size = settings.training.epochs, settings.training.batch_size
+    if first_epoch < epochs:
+        model.fit(
+            training_dataset(data.x_train, data.y_train, batch_size, settings.seed, first_epoch, epochs),
+            steps_per_epoch=math.ceil(len(data.x_train) / batch_size),
+            initial_epoch=first_epoch,
+            shuffle=False,  # training_dataset shuffles, per epoch
+            epochs=epochs,
+            validation_data=(data.x_test, data.y_test),
+            callbacks=callbacks,
+            verbose=settings.training.verbose,
+        )
     if settings.callbacks.tensorboard:
         tracker.log_folder(paths.tensorboard)
-    last = {k: v[-1] for k, v in history.items()}
     log.info(
-        "fit     | %d epochs: %s; checkpoints: %s",
-        len(history["loss"]),
-        ", ".join(f"{k}={v:.4f}" for k, v in last.items()),
+        "fit     | epochs %d-%d of %d done; latest checkpoint: %s",
+        first_epoch + 1,
+        epochs,
+        epochs,
         checkpoint.latest.path.name if checkpoint and checkpoint.latest else "none",
     )
-    return FitResult(history=history, checkpoint=checkpoint)
+    return FitResult(checkpoint=checkpoint, first_epoch=first_epoch)

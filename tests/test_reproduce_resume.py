@@ -1,0 +1,218 @@
+"""Same config, same weights; any run re-runnable from MLflow; an interrupted run resumes where it left off."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import EXPERIMENT, PROJECT, only_run, run_cli, tmp_overrides
+from pipeline.errors import ConfigError
+from pipeline.formats import atomic_path
+from pipeline.task import run
+
+QUICK = ["data=digits", "data.train_size=256", "data.test_size=128", "training.epochs=3", "checkpoint=none"]
+
+
+def history(client, run_id, name="loss"):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
+
+
+def test_same_config_twice_gives_bit_identical_weights(make_cfg, client, tmp_path):
+    run(make_cfg(*QUICK, f"paths.output_dir={tmp_path / 'first'}"))
+    run(make_cfg(*QUICK, f"paths.output_dir={tmp_path / 'second'}"))
+
+    first, second = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], order_by=["attributes.start_time ASC"])
+    assert first.data.tags["weights_sha256"] == second.data.tags["weights_sha256"]
+    assert len(first.data.tags["weights_sha256"]) == 64
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert history(client, first.info.run_id, name) == history(client, second.info.run_id, name)
+        assert len(history(client, first.info.run_id, name)) == 3
+    assert first.data.tags["config_digest"] == second.data.tags["config_digest"]
+
+
+def test_a_different_seed_gives_different_weights(make_cfg, client, tmp_path):
+    run(make_cfg(*QUICK, f"paths.output_dir={tmp_path / 'a'}"))
+    run(make_cfg(*QUICK, "seed=7", f"paths.output_dir={tmp_path / 'b'}"))
+
+    a, b = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert a.data.tags["weights_sha256"] != b.data.tags["weights_sha256"]
+
+
+def test_run_records_what_recreating_it_needs(make_cfg, client, tmp_path):
+    run(make_cfg(*QUICK))
+
+    logged = only_run(client)
+    tags = logged.data.tags
+    for key in ("version.python", "version.tensorflow", "version.keras", "version.mlflow", "version.hydra-core", "version.numpy", "platform"):
+        assert tags[key], key
+    assert tags["version.keras"].startswith("3.")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert tags["git.commit"] == head.stdout.strip() and tags["git.dirty"] in ("True", "False")
+    requirements = (tmp_path / "job" / "environment" / "requirements.txt").read_text()
+    assert "tensorflow==" in requirements and "mlflow==" in requirements
+    assert {"environment/requirements.txt", "config.yaml"} <= {f.path for f in client.list_artifacts(logged.info.run_id, "environment")} | {
+        f.path for f in client.list_artifacts(logged.info.run_id)
+    }
+
+    inputs = {d.dataset.name: d for d in logged.inputs.dataset_inputs}
+    assert set(inputs) == {"digits-train", "digits-test"}
+    train = inputs["digits-train"]
+    assert train.dataset.digest and "load_digits" in train.dataset.source
+    assert json.loads(train.dataset.profile)["features_shape"] == [256, 64]
+    assert json.loads(inputs["digits-test"].dataset.profile)["targets_shape"] == [128]
+    assert {t.value for t in train.tags} == {"training"}
+
+
+def test_atomic_path_never_leaves_a_partial_file_under_the_final_name(tmp_path):
+    final = tmp_path / "cp-0003.weights.h5"
+    with pytest.raises(RuntimeError):
+        with atomic_path(final) as temporary:
+            temporary.write_bytes(b"half a chec")
+            raise RuntimeError("killed mid-write")
+    assert list(tmp_path.iterdir()) == []
+
+    with atomic_path(final) as temporary:
+        assert temporary.name.startswith(".partial-") and temporary.name.endswith(".weights.h5")
+        temporary.write_bytes(b"complete")
+    assert final.read_bytes() == b"complete" and list(tmp_path.iterdir()) == [final]
+
+
+def reproduce_cli(run_id, uri, cwd):
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    return subprocess.run([sys.executable, "-m", "pipeline.reproduce", run_id, "--tracking-uri", uri], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_reproduce_reruns_a_logged_run_and_reports_identical(make_cfg, client, tmp_path):
+    run(make_cfg(*QUICK))
+    source = only_run(client)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    result = reproduce_cli(source.info.run_id, uri, tmp_path)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"identical: run" in result.stdout
+    (rerun,) = client.search_runs([source.info.experiment_id], f"tags.reproduced_from = '{source.info.run_id}'")
+    assert rerun.info.status == "FINISHED"
+    assert rerun.data.tags["weights_sha256"] == source.data.tags["weights_sha256"]
+
+    # A source whose recorded digest does not match what its config produces is reported, with exit 1.
+    client.set_tag(source.info.run_id, "weights_sha256", "0" * 64)
+    result = reproduce_cli(source.info.run_id, uri, tmp_path)
+    assert result.returncode == 1
+    assert f"weights_sha256: {'0' * 64} -> {rerun.data.tags['weights_sha256']}" in result.stdout
+
+    result = reproduce_cli("f" * 32, uri, tmp_path)
+    assert result.returncode == 2 and f"cannot read run {'f' * 32}" in result.stderr
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+RESUMABLE = ["data=digits", "data.train_size=400", "data.test_size=200", "training.epochs=20", "training.verbose=2", "checkpoint=every_n_epochs", "checkpoint.every=4"]
+
+
+def start_cli(args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def interrupt_after(args, cwd, epoch: int, sig) -> None:
+    """Start the CLI and send `sig` once the training state of `epoch` is on disk, before training ends."""
+    process = start_cli(args, cwd)
+    deadline = time.monotonic() + 300
+    while not list(cwd.glob(f"outputs/runs/*/resume/epoch-{epoch:04d}.json")):
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(sig)
+    process.wait(timeout=60)
+    states = sorted(p.name for p in cwd.glob("outputs/runs/*/resume/epoch-*.json"))
+    assert states and int(states[-1][6:10]) < 20, "training finished before the interrupt"
+
+
+def client_for(cwd):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_digest(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    result = run_cli(*RESUMABLE, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (finished,) = client_for(cwd).search_runs([client_for(cwd).get_experiment_by_name(EXPERIMENT).experiment_id])
+    return finished.data.tags["weights_sha256"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "policy",
+    [
+        [],  # every_n_epochs, keras weights
+        ["checkpoint=every_n_batches", "checkpoint.every=5"],
+        ["checkpoint=best_only"],
+        ["checkpoint=none"],
+        ["checkpoint.format=tf_checkpoint", "checkpoint.weights_only=false"],
+    ],
+    ids=["every_n_epochs", "every_n_batches", "best_only", "none", "tf_checkpoint"],
+)
+def test_sigkill_then_same_command_resumes_to_the_same_weights(policy, uninterrupted_digest, tmp_path):
+    """The training state is backed up apart from the checkpoint policy, so any policy resumes;
+    checkpoints never change training, so every policy ends with the uninterrupted run's weights."""
+    command = [*RESUMABLE, *policy]
+    interrupt_after(command, tmp_path, epoch=5, sig=signal.SIGKILL)
+    (killed,) = client_for(tmp_path).search_runs([client_for(tmp_path).get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to end it
+
+    result = run_cli(*command, cwd=tmp_path)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert f"resumed run {killed.info.run_id}" in output
+    assert "resume  | restored epoch-00" in output
+    client = client_for(tmp_path)
+    (finished,) = client.search_runs([killed.info.experiment_id])  # the same run, no orphan
+    assert finished.info.run_id == killed.info.run_id and finished.info.status == "FINISHED"
+    assert finished.data.tags["weights_sha256"] == uninterrupted_digest
+    steps = sorted({step for step, _ in history(client, finished.info.run_id)})
+    assert steps == list(range(20))
+    assert len(list(tmp_path.glob("outputs/runs/*/resume/epoch-*.weights.h5"))) == 2
+    assert finished.data.metrics.get("checkpoint/verified", 1.0) == 1.0
+
+
+def test_explicit_resume_refuses_a_different_config(make_cfg, client, tmp_path):
+    run(make_cfg(*QUICK))
+    source = only_run(client)
+
+    with pytest.raises(ConfigError, match=f"run {source.info.run_id} has a different config"):
+        run(make_cfg(*QUICK, "seed=1", f"resume={source.info.run_id}", f"paths.output_dir={tmp_path / 'other'}"))
+    with pytest.raises(ConfigError, match="is neither an output folder nor a run id"):
+        run(make_cfg(*QUICK, "resume=no-such-run", f"paths.output_dir={tmp_path / 'other'}"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_truncated_checkpoint_falls_back_to_the_previous_state(uninterrupted_digest, tmp_path):
+    interrupt_after(RESUMABLE, tmp_path, epoch=5, sig=signal.SIGINT)
+    client = client_for(tmp_path)
+    (stopped,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert stopped.info.status == "KILLED"
+    (output_dir,) = tmp_path.glob("outputs/runs/*")
+    newest, previous = sorted((output_dir / "resume").glob("epoch-*.weights.h5"), reverse=True)
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 3])  # as a kill mid-write without atomic renames would
+
+    result = run_cli(*RESUMABLE, f"resume={output_dir}", cwd=tmp_path)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert f"{newest.name} is unreadable" in output and "falling back to the previous state" in output
+    assert f"restored {previous.name}" in output
+    (finished,) = client.search_runs([stopped.info.experiment_id])
+    assert finished.info.run_id == stopped.info.run_id and finished.info.status == "FINISHED"
+    assert finished.data.tags["weights_sha256"] == uninterrupted_digest
