@@ -1,12 +1,15 @@
 """`python -m pipeline [overrides]`: the Hydra command line over `pipeline.task.run`."""
 
 import os
+import re
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the console
 
 import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 import pipeline.config  # noqa: E402,F401  (registers the schema Hydra validates against)
@@ -28,7 +31,7 @@ def check_group_choices(args: list[str]) -> None:
         if not has_value or key.startswith("hydra") or "(" in value or not group.is_dir():
             continue
         options = sorted(p.stem for p in group.glob("*.yaml"))
-        for choice in filter(None, (v.strip() for v in value.strip("[]").split(","))):
+        for choice in filter(None, re.split(r"[\[\],\s]+", value)):
             if choice not in options and choice != "null":
                 raise SystemExit(f"error: {key}={choice!r} is not an option; choose from: {', '.join(options)}")
 
@@ -38,8 +41,10 @@ def main(cfg: DictConfig) -> float:
     from pipeline.task import run  # after Hydra has parsed the command line: --help stays fast
 
     try:
-        return run(cfg)["trained_accuracy"]
+        return run(cfg)["trained_accuracy"]  # the objective an Optuna sweep maximizes
     except PipelineError as error:
+        if HydraConfig.get().mode is RunMode.MULTIRUN:
+            raise  # Hydra records the job as failed and the sweep goes on with the others
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
 

@@ -179,7 +179,8 @@ class VerifyConfig:
 class TrackingConfig:
     uri: Optional[str] = None  # None: a sqlite store under paths.root
     experiment: str = "save-and-load"
-    run_name: Optional[str] = None
+    run_name: Optional[str] = None  # None or "": MLflow picks a name
+    parent_run_id: Optional[str] = None  # nest the run under this one (a sweep's parent run)
     tags: Dict[str, str] = field(default_factory=dict)  # extra tags on the run
 
 

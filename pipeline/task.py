@@ -102,7 +102,7 @@ def _log_datasets(data: Dataset, tracker: Tracker) -> None:
 def run(cfg: DictConfig) -> dict[str, float]:
     settings = validate(cfg)
     digest = config_digest(cfg)
-    client, experiment_id = connect(settings)
+    client, experiment_id = connect(settings.tracking, settings.paths.root)
     resumed = find_run_to_resume(client, experiment_id, settings.resume, digest, settings.training.epochs)
     paths = RunPaths(resumed[1] if resumed else Path(settings.paths.output_dir).resolve())
     try:

@@ -6,9 +6,10 @@ the traceback as an artifact otherwise, so no run is left RUNNING.
 
 import logging
 import platform
+import sqlite3
 import subprocess
 import traceback
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -17,9 +18,9 @@ import mlflow
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
-from pipeline.config import Config
+from pipeline.config import Config, TrackingConfig
 from pipeline.paths import default_artifact_location, default_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,6 @@ class Tracker:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
 
 
-def tracking_uri(settings: Config) -> str:
-    return settings.tracking.uri or default_tracking_uri(settings.paths.root)
-
-
 def git_state() -> dict:
     """The commit the code ran from, and whether it had uncommitted changes."""
 
@@ -83,16 +80,30 @@ def git_state() -> dict:
         return {}
 
 
-def connect(settings: Config) -> tuple[MlflowClient, str]:
+def connect(tracking: TrackingConfig, outputs_root: str) -> tuple[MlflowClient, str]:
     """The client for the configured store and the experiment's id, creating it if needed."""
-    uri = tracking_uri(settings)
+    uri = tracking.uri or default_tracking_uri(outputs_root)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(settings.tracking.experiment)
+    experiment = client.get_experiment_by_name(tracking.experiment)  # creates a new sqlite store's tables
+    if uri.startswith("sqlite:///"):
+        use_write_ahead_log(uri.removeprefix("sqlite:///").split("?")[0])
     if experiment is not None:
         return client, experiment.experiment_id
-    location = None if settings.tracking.uri else default_artifact_location(settings.paths.root, settings.tracking.experiment)
-    return client, client.create_experiment(settings.tracking.experiment, artifact_location=location)
+    location = None if tracking.uri else default_artifact_location(outputs_root, tracking.experiment)
+    return client, client.create_experiment(tracking.experiment, artifact_location=location)
+
+
+def use_write_ahead_log(database: str) -> None:
+    """Let parallel sweep jobs share one sqlite store.
+
+    In sqlite's default journal mode a reader that turns writer can fail at once with
+    "database is locked", whatever the busy timeout; in WAL mode readers never block the
+    one writer. The mode is stored in the file, so this is set once per store.
+    """
+    with closing(sqlite3.connect(database, timeout=30)) as db:
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
 
 
 def environment_tags() -> dict:
@@ -111,8 +122,10 @@ def installed_packages() -> str:
 def tracked_run(client: MlflowClient, experiment_id: str, settings: Config, output_dir: Path, tags: dict, resume_run_id: Optional[str] = None) -> Iterator[Tracker]:
     """Open a new run, or reopen `resume_run_id`, and always end it with a final status."""
     tags = {k: str(v) for k, v in tags.items()}
+    if settings.tracking.parent_run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = settings.tracking.parent_run_id
     if resume_run_id is None:
-        run_id = client.create_run(experiment_id, run_name=settings.tracking.run_name, tags=resolve_tags(tags)).info.run_id
+        run_id = client.create_run(experiment_id, run_name=settings.tracking.run_name or None, tags=resolve_tags(tags)).info.run_id
     else:
         run_id = resume_run_id
         client.update_run(run_id, status="RUNNING")

@@ -21,7 +21,12 @@ EXPERIMENT = "save-and-load"
 
 
 def tmp_overrides(tmp_path: Path) -> list[str]:
-    return [f"paths.root={tmp_path}", f"paths.output_dir={tmp_path / 'job'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    return [
+        f"paths.root={tmp_path}",
+        f"paths.output_dir={tmp_path / 'job'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking.run_name=null",  # the CLI names runs from Hydra's overrides; compose has no Hydra job
+    ]
 
 
 @pytest.fixture

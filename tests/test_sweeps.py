@@ -1,0 +1,105 @@
+"""Multirun sweeps through the real CLI, checked in the MLflow store: one parent run per sweep,
+one nested run per job, a sweep report, and failed jobs handled without stopping the others."""
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from conftest import EXPERIMENT, run_cli
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["data=digits", "data.train_size=200", "data.test_size=100", "training.epochs=2", "training.verbose=0", "checkpoint=none"]
+
+
+def sweep_runs(cwd: Path):
+    """The sweep's parent run and its children, as a user's script would find them."""
+    client = MlflowClient(f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in runs if r is not parent]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    return client, parent, children
+
+
+def report(client: MlflowClient, parent, tmp_path: Path) -> list[dict]:
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/report.csv", "sweep/report.md", "sweep/comparison.png"}
+    text = Path(client.download_artifacts(parent.info.run_id, "sweep/report.csv", str(tmp_path))).read_text()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])
+def test_grid_sweep_is_one_parent_with_a_run_per_job(launcher, tmp_path):
+    result = run_cli("-m", *SMALL, *launcher, "model=mlp,cnn", "save=[keras],[h5,weights]", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "database is locked" not in output
+
+    client, parent, children = sweep_runs(tmp_path)
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.info.run_name for c in children) == ["model=cnn,save=[h5,weights]", "model=cnn,save=[keras]", "model=mlp,save=[h5,weights]", "model=mlp,save=[keras]"]
+    assert parent.data.params["sweep.jobs"] == "4"
+    assert "model=mlp,cnn" in parent.data.params["sweep.overrides"] and "save=[keras],[h5,weights]" in parent.data.params["sweep.overrides"]
+    if launcher:
+        assert len({c.data.tags["pid"] for c in children}) == 2  # two worker processes shared the four jobs
+        assert "Joblib" in parent.data.params["sweep.launcher"]
+
+    rows = report(client, parent, tmp_path)
+    assert sorted(r["job"] for r in rows) == sorted(c.info.run_name for c in children)
+    by_job = {r["job"]: r for r in rows}
+    assert by_job["model=mlp,save=[h5,weights]"]["h5/verified"] == "1.0" and by_job["model=mlp,save=[h5,weights]"]["keras/verified"] == ""
+    assert float(by_job["model=cnn,save=[keras]"]["keras/file_bytes"]) > 0
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    assert all((sweep_dir / str(i) / "saved").is_dir() for i in range(4))
+
+
+def test_a_failing_job_fails_alone(tmp_path):
+    result = run_cli("-m", *SMALL, "data.train_size=5000,100", cwd=tmp_path)  # digits has 1797 examples
+
+    assert result.returncode != 0
+    client, parent, children = sweep_runs(tmp_path)
+    status = {c.info.run_name: c.info.status for c in children}
+    assert status == {"data.train_size=5000": "FAILED", "data.train_size=100": "FINISHED"}
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "digits has 1797 examples" in failed.data.tags["error"]
+    assert parent.info.status == "FAILED" and parent.data.metrics["sweep/failed_jobs"] == 1
+    rows = {r["job"]: r for r in report(client, parent, tmp_path)}
+    assert rows["data.train_size=5000"]["status"] == "FAILED" and "digits has 1797 examples" in rows["data.train_size=5000"]["error"]
+    assert rows["data.train_size=100"]["status"] == "FINISHED" and float(rows["data.train_size=100"]["trained_accuracy"]) > 0
+
+
+def test_optuna_search_nests_every_trial(tmp_path):
+    result = run_cli("-m", "hparams_search=mlp_optuna", "hydra.sweeper.n_trials=3", *SMALL, cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+    client, parent, children = sweep_runs(tmp_path)
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert "Optuna" in parent.data.params["sweep.sweeper"] and "model.dropout" in parent.data.params["sweep.search_space"]
+    for child in children:
+        assert {"training.optimizer.learning_rate=", "model.hidden_units=", "model.dropout="} <= {p.split("=")[0] + "=" for p in child.info.run_name.split(",")}
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(c.data.metrics["trained_accuracy"] for c in children))
+
+
+def test_submitit_local_launcher(tmp_path):
+    result = run_cli("-m", *SMALL, "hydra/launcher=submitit_local", "model=mlp,residual", cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+    _, parent, children = sweep_runs(tmp_path)
+    assert sorted(c.info.run_name for c in children) == ["model=mlp", "model=residual"]
+    assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.launcher"].endswith("submitit_launcher.LocalLauncher")
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    result = run_cli("hydra/launcher=slurm", "hydra.launcher.partition=cpu", "--cfg", "hydra", "--package", "hydra.launcher", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    launcher = yaml.safe_load(result.stdout)  # just the hydra.launcher package
+    assert launcher["_target_"].endswith("SlurmLauncher") and launcher["partition"] == "cpu" and launcher["cpus_per_task"] == 4
