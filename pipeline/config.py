@@ -185,6 +185,12 @@ class TrackingConfig:
 
 
 @dataclass
+class RegistryConfig:
+    name: Optional[str] = None  # register the logged MLflow model under this name
+    alias: str = "candidate"  # and point this alias at the new version
+
+
+@dataclass
 class PathsConfig:
     root: str = "outputs"  # run folders and the default MLflow store live here
     output_dir: str = MISSING  # this job's folder; Hydra's run dir when started from the CLI
@@ -200,6 +206,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 42
     deterministic: bool = True  # TensorFlow op determinism: same config, same weights

@@ -57,6 +57,14 @@ class RunPaths:
         return self.root / "environment" / "requirements.txt"
 
 
+    def uploads(self) -> list[tuple[Path, str]]:
+        """What a run uploads as artifacts, as (local path, artifact folder) pairs, for those that exist."""
+        files = [(self.resolved_config, ""), (self.model_summary, "")]
+        folders = [(self.hydra, "hydra"), (self.requirements.parent, "environment")]
+        folders += [(self.root / name, name) for name in ("checkpoints", "saved", "reports", "plots", "tensorboard")]
+        return [(path, folder) for path, folder in files + folders if path.exists()]
+
+
 def default_tracking_uri(outputs_root: str) -> str:
     """The sqlite store used when neither config nor MLFLOW_TRACKING_URI names one."""
     return f"sqlite:///{Path(outputs_root).resolve() / 'mlflow.db'}"

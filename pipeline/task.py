@@ -30,7 +30,7 @@ from pipeline.tracking import Tracker, connect, environment_tags, git_state, ins
 log = logging.getLogger(__name__)
 
 # Where a job runs and is tracked, not what it computes: left out of the config digest.
-NOT_EXPERIMENT = ("paths", "tracking", "resume")
+NOT_EXPERIMENT = ("paths", "tracking", "registry", "resume")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -133,6 +133,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         tracker.log_files([plot_training_curves(history, paths.plots / "training_curves.png", f"{model.name} on {data.name}")])
 
         saved = save(model, settings.save, paths, tracker)
+        model_uri = tracker.log_keras_model(model, data.x_test[:8], settings.registry.name, settings.registry.alias)
+        if model_uri:
+            log.info("mlflow  | logged the model as %s%s", model_uri, f", registered as {settings.registry.name}@{settings.registry.alias}" if settings.registry.name else "")
         report = reload_verify(
             model,
             data,
@@ -143,6 +146,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
             paths,
             tracker,
         )
-        metrics = tracker.client.get_run(tracker.run_id).data.metrics
+        metrics = tracker.latest_metrics()
         log.info("done    | run %s: trained accuracy %.2f%%, outputs in %s", tracker.run_id, 100 * report.trained_accuracy, paths.root)
     return metrics

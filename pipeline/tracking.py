@@ -4,68 +4,150 @@ A run is always ended: FINISHED on success, FAILED with the error as a tag and
 the traceback as an artifact otherwise, so no run is left RUNNING.
 """
 
+import json
 import logging
 import platform
 import sqlite3
 import subprocess
+import time
 import traceback
 from contextlib import closing, contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import mlflow
+import requests
 from mlflow.entities import DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
 from pipeline.config import Config, TrackingConfig
+from pipeline.errors import PipelineError
 from pipeline.paths import default_artifact_location, default_tracking_uri
 
 log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+JOURNAL = "tracking_journal.jsonl"
 
 
 class Tracker:
-    """Logging calls for one run, with paths relative to the job's output folder."""
+    """Logging calls for one run, with paths relative to the job's output folder.
+
+    Every param, metric and tag also goes to a journal in the output folder. If the
+    tracking server goes away mid-run, the job carries on locally and ends with an
+    error that says where everything is; `python -m pipeline.sync` uploads it later.
+    """
 
     def __init__(self, client: MlflowClient, run_id: str, output_dir: Path):
         self.client = client
         self.run_id = run_id
         self.output_dir = output_dir
+        self.journal = output_dir / JOURNAL
+        self.lost: Optional[str] = None  # why the tracking server stopped answering
+
+    def record(self, kind: str, data: dict, step: Optional[int] = None) -> None:
+        entry = {"kind": kind, "data": data, "step": step, "timestamp": int(time.time() * 1000)}
+        with self.journal.open("a") as journal:
+            journal.write(json.dumps(entry) + "\n")
+
+    def remote(self, action: str, call: Callable[[], Any]) -> Any:
+        """Run one call to the tracking store; after the first failure, skip them all."""
+        if self.lost is not None:
+            return None
+        try:
+            return call()
+        except (MlflowException, requests.RequestException) as error:
+            self.lost = f"{action} failed: {str(error).splitlines()[0]}"
+            log.error("mlflow  | lost the tracking store at %s (%s); carrying on, everything stays in %s", self.client.tracking_uri, self.lost, self.output_dir)
+            return None
 
     def log_params(self, params: dict) -> None:
-        mlflow.log_params(params, run_id=self.run_id)
+        self.record("params", params)
+        self.remote("logging params", lambda: mlflow.log_params(params, run_id=self.run_id))
 
     def log_metrics(self, metrics: dict, step: Optional[int] = None) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self.record("metrics", metrics, step)
+        self.remote("logging metrics", lambda: mlflow.log_metrics(metrics, step=step, run_id=self.run_id))
 
     def set_tags(self, tags: dict) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+        tags = {k: str(v) for k, v in tags.items()}
+        self.record("tags", tags)
+        self.remote("setting tags", lambda: [self.client.set_tag(self.run_id, k, v) for k, v in tags.items()])
 
     def metric_histories(self, names: list[str]) -> dict[str, list[float]]:
         """Each metric's values in step order, over every session of a resumed run."""
-        histories = {name: sorted(self.client.get_metric_history(self.run_id, name), key=lambda m: m.step) for name in names}
-        return {name: [m.value for m in history] for name, history in histories.items() if history}
+        return {name: [value for _, value in sorted(steps.items())] for name, steps in read_metrics(self.journal).items() if name in names}
+
+    def latest_metrics(self) -> dict[str, float]:
+        return {name: steps[max(steps)] for name, steps in read_metrics(self.journal).items()}
 
     def log_files(self, paths: Iterable[Path]) -> None:
         """Upload files, each under the artifact folder that mirrors its place on disk."""
         for path in paths:
             folder = path.parent.relative_to(self.output_dir).as_posix()
-            self.client.log_artifact(self.run_id, str(path), None if folder == "." else folder)
+            self.remote(f"uploading {path.name}", lambda: self.client.log_artifact(self.run_id, str(path), None if folder == "." else folder))
 
     def log_dataset(self, features, targets, name: str, source: str, context: str) -> None:
         """Record a dataset as an MLflow input: its name, source, shape and content digest."""
         dataset = mlflow.data.from_numpy(features, targets=targets, source=source, name=name)
-        self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+        entity = DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        self.remote("logging a dataset", lambda: self.client.log_inputs(self.run_id, [entity]))
+
+    def log_keras_model(self, model, x_sample, registered_name: Optional[str], alias: str) -> Optional[str]:
+        """Log the model with MLflow's Keras flavor, so `mlflow.pyfunc.load_model` and
+        `mlflow models serve` work on it; register it and set `alias` when a name is given.
+
+        The signature is inferred from real inputs and outputs; MLflow 3.17's Keras flavor
+        fails with `input_example`. Requirements are pinned from this environment rather
+        than inferred, which would load the model again in a subprocess.
+        """
+        import keras
+        import mlflow.keras
+        import tensorflow as tf
+        from mlflow.models import infer_signature
+
+        def log_model():
+            info = mlflow.keras.log_model(
+                model,
+                name="model",
+                signature=infer_signature(x_sample, model.predict(x_sample, verbose=0)),
+                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+                registered_model_name=registered_name,
+            )
+            if registered_name:
+                self.client.set_registered_model_alias(registered_name, alias, info.registered_model_version)
+            return info.model_uri
+
+        model_uri = self.remote("logging the MLflow model", log_model)
+        if model_uri:
+            self.set_tags({"mlflow_model_uri": model_uri})
+        return model_uri
 
     def log_folder(self, folder: Path, artifact_path: Optional[str] = None) -> None:
         if artifact_path is None:
             artifact_path = folder.relative_to(self.output_dir).as_posix()
-        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+        self.remote(f"uploading {artifact_path}/", lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path))
+
+
+def read_metrics(journal: Path) -> dict[str, dict[Optional[int], float]]:
+    """Every metric in a journal as {name: {step: value}}; a repeated step keeps its last value."""
+    metrics: dict[str, dict[Optional[int], float]] = {}
+    for entry in read_journal(journal):
+        if entry["kind"] == "metrics":
+            for name, value in entry["data"].items():
+                metrics.setdefault(name, {})[entry["step"] if entry["step"] is not None else 0] = value
+    return metrics
+
+
+def read_journal(journal: Path) -> list[dict]:
+    if not journal.exists():
+        return []
+    return [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
 
 
 def git_state() -> dict:
@@ -83,6 +165,8 @@ def git_state() -> dict:
 def connect(tracking: TrackingConfig, outputs_root: str) -> tuple[MlflowClient, str]:
     """The client for the configured store and the experiment's id, creating it if needed."""
     uri = tracking.uri or default_tracking_uri(outputs_root)
+    if uri.startswith(("http://", "https://")):
+        check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(tracking.experiment)  # creates a new sqlite store's tables
@@ -92,6 +176,16 @@ def connect(tracking: TrackingConfig, outputs_root: str) -> tuple[MlflowClient, 
         return client, experiment.experiment_id
     location = None if tracking.uri else default_artifact_location(outputs_root, tracking.experiment)
     return client, client.create_experiment(tracking.experiment, artifact_location=location)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail in seconds, before any work, rather than after MLflow's minutes of retries."""
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+    except requests.RequestException as error:
+        raise PipelineError(
+            f"tracking server {uri} is unreachable ({type(error).__name__}); start it, or point MLFLOW_TRACKING_URI / tracking.uri at a reachable one"
+        ) from None
 
 
 def use_write_ahead_log(database: str) -> None:
@@ -128,17 +222,31 @@ def tracked_run(client: MlflowClient, experiment_id: str, settings: Config, outp
         run_id = client.create_run(experiment_id, run_name=settings.tracking.run_name or None, tags=resolve_tags(tags)).info.run_id
     else:
         run_id = resume_run_id
-        client.update_run(run_id, status="RUNNING")
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
     tracker = Tracker(client, run_id, output_dir)
+    mlflow.start_run(run_id=run_id)  # active in this process too, for MLflow's flavor APIs (log_model)
+    tracker.record("tags", tags)
     log.info("mlflow  | %s run %s in experiment %r at %s", "resumed" if resume_run_id else "new", run_id, settings.tracking.experiment, client.tracking_uri)
     try:
         yield tracker
     except BaseException as error:
-        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
-        client.log_text(run_id, traceback.format_exc(), "error/traceback.txt")
-        client.set_terminated(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-        log.error("mlflow  | run %s marked %s; outputs kept in %s", run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", output_dir)
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        tracker.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
+        tracker.remote("logging the traceback", lambda: client.log_text(run_id, traceback.format_exc(), "error/traceback.txt"))
+        _end(tracker, status)
+        log.error("mlflow  | run %s marked %s; outputs kept in %s", run_id, status, output_dir)
         raise
-    client.set_terminated(run_id, "FINISHED")
+    _end(tracker, "FINISHED")
+    if tracker.lost:
+        raise PipelineError(
+            f"the run finished but its tracking was lost ({tracker.lost}); every output is in {output_dir}: "
+            f"upload it with `python -m pipeline.sync {output_dir}`"
+        )
+
+
+def _end(tracker: Tracker, status: str) -> None:
+    tracker.record("status", {"status": status})
+    tracker.remote("ending the run", lambda: mlflow.end_run(status))
+    if tracker.lost:  # the server is gone, so end_run could not pop the run: forget it locally
+        mlflow.tracking.fluent._active_run_stack.get().clear()

@@ -1,0 +1,77 @@
+"""`python -m pipeline.sync OUTPUT_DIR`: upload a job's output folder to a tracking store later.
+
+For runs whose tracking server went away, or that ran where no server was reachable:
+the folder's journal holds every param, metric (with its steps) and tag the run logged,
+and the folder holds its artifacts. They become one new run, tagged `synced_from`.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from omegaconf import OmegaConf
+
+from pipeline.config import TrackingConfig
+from pipeline.errors import PipelineError
+from pipeline.paths import RunPaths, default_tracking_uri
+from pipeline.tracking import JOURNAL, connect, read_journal
+
+BATCH = 500
+
+
+def sync(output_dir: Path, tracking_uri: str) -> str:
+    """Upload the folder as a new run; returns its id."""
+    paths = RunPaths(output_dir.resolve())
+    journal = read_journal(paths.root / JOURNAL)
+    if not journal or not paths.resolved_config.exists():
+        raise PipelineError(f"{output_dir} is not a pipeline output folder: it has no {JOURNAL} or config.yaml")
+    config = OmegaConf.load(paths.resolved_config)
+    client, experiment_id = connect(TrackingConfig(uri=tracking_uri, experiment=config.tracking.experiment), config.paths.root)
+
+    params, tags, metrics, status = {}, {}, [], "FAILED"
+    for entry in journal:
+        if entry["kind"] == "params":
+            params.update(entry["data"])
+        elif entry["kind"] == "tags":
+            tags.update(entry["data"])
+        elif entry["kind"] == "metrics":
+            metrics += [Metric(k, v, entry["timestamp"], entry["step"] or 0) for k, v in entry["data"].items()]
+        elif entry["kind"] == "status":
+            status = entry["data"]["status"]
+    tags = {k: v for k, v in tags.items() if k != "mlflow_model_uri"}  # that model lives in the original store
+    run_id = client.create_run(experiment_id, run_name=tags.get(MLFLOW_RUN_NAME), tags={**tags, "synced_from": str(paths.root)}).info.run_id
+    param_list = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, len(param_list), 100):
+        client.log_batch(run_id, params=param_list[i : i + 100])
+    for i in range(0, len(metrics), BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + BATCH])
+    for path, folder in paths.uploads():
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), folder)
+        else:
+            client.log_artifact(run_id, str(path), folder or None)
+    client.set_terminated(run_id, status)
+    return run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.sync", description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", type=Path, help="a job's output folder, e.g. outputs/runs/2026-11-24_07-03-04")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri("outputs"), help="default: MLFLOW_TRACKING_URI, else outputs/mlflow.db")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run_id = sync(args.output_dir, args.tracking_uri)
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"uploaded {args.output_dir} as run {run_id} at {args.tracking_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

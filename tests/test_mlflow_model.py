@@ -1,0 +1,94 @@
+"""The trained model as an MLflow model: loadable with pyfunc, registered with an alias, served over REST."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import only_run
+from pipeline.task import run
+
+QUICK = ["data=digits", "data.train_size=256", "data.test_size=64", "training.epochs=2", "checkpoint=none"]
+
+
+def test_logged_model_loads_with_pyfunc_and_is_registered(make_cfg, client, tmp_path):
+    run(make_cfg(*QUICK, "model=residual", "registry.name=digits-residual"))
+
+    logged = only_run(client)
+    uri = logged.data.tags["mlflow_model_uri"]
+    mlflow.set_tracking_uri(client.tracking_uri)
+    assert mlflow.get_logged_model(uri.removeprefix("models:/")).source_run_id == logged.info.run_id
+    x = np.random.default_rng(0).random((16, 64), dtype="float32")
+    served = mlflow.pyfunc.load_model(uri).predict(x)
+    own = keras.models.load_model(tmp_path / "job" / "saved" / "keras" / "model.keras").predict(x, verbose=0)
+    np.testing.assert_allclose(np.asarray(served), own, atol=1e-5)
+
+    version = client.get_model_version_by_alias("digits-residual", "candidate")
+    assert version.run_id == logged.info.run_id
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End the server and everything it started."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_predicts_what_the_pipeline_predicts(make_cfg, client, tmp_path):
+    run(make_cfg(*QUICK))
+    uri = only_run(client).data.tags["mlflow_model_uri"]
+    port = free_port()
+    # The server runs `uvicorn` from PATH, as in an activated environment.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": client.tracking_uri, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", server)
+        images = np.random.default_rng(1).random((10, 64), dtype="float32")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": images.tolist()}).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = np.asarray(json.load(response)["predictions"])
+    finally:
+        stop(server)
+
+    own = keras.models.load_model(tmp_path / "job" / "saved" / "keras" / "model.keras").predict(images, verbose=0)
+    np.testing.assert_allclose(predictions, own, atol=1e-5)
