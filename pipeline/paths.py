@@ -70,9 +70,9 @@ def default_tracking_uri(outputs_root: str) -> str:
     return f"sqlite:///{Path(outputs_root).resolve() / 'mlflow.db'}"
 
 
-def default_artifact_location(outputs_root: str, experiment: str) -> str:
-    """Artifacts of the default store sit beside it, not in ./mlruns of the current folder."""
-    return (Path(outputs_root).resolve() / "mlartifacts" / experiment).as_uri()
+def sqlite_artifact_location(database: str, experiment: str) -> str:
+    """A sqlite store's artifacts sit beside it, not in ./mlruns of whatever folder a run starts in."""
+    return (Path(database).resolve().parent / "mlartifacts" / experiment).as_uri()
 
 
 def disk_bytes(path: Path) -> int:

@@ -26,7 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_I
 
 from pipeline.config import Config, TrackingConfig
 from pipeline.errors import PipelineError
-from pipeline.paths import default_artifact_location, default_tracking_uri
+from pipeline.paths import default_tracking_uri, sqlite_artifact_location
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +170,12 @@ def connect(tracking: TrackingConfig, outputs_root: str) -> tuple[MlflowClient, 
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(tracking.experiment)  # creates a new sqlite store's tables
-    if uri.startswith("sqlite:///"):
-        use_write_ahead_log(uri.removeprefix("sqlite:///").split("?")[0])
+    database = uri.removeprefix("sqlite:///").split("?")[0] if uri.startswith("sqlite:///") else None
+    if database:
+        use_write_ahead_log(database)
     if experiment is not None:
         return client, experiment.experiment_id
-    location = None if tracking.uri else default_artifact_location(outputs_root, tracking.experiment)
+    location = sqlite_artifact_location(database, tracking.experiment) if database else None  # a server decides for itself
     return client, client.create_experiment(tracking.experiment, artifact_location=location)
 
 

@@ -2,11 +2,8 @@
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import keras
@@ -14,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import only_run
+from conftest import free_port, only_run, stop, wait_for
 from pipeline.task import run
 
 QUICK = ["data=digits", "data.train_size=256", "data.test_size=64", "training.epochs=2", "checkpoint=none"]
@@ -34,34 +31,6 @@ def test_logged_model_loads_with_pyfunc_and_is_registered(make_cfg, client, tmp_
 
     version = client.get_model_version_by_alias("digits-residual", "candidate")
     assert version.run_id == logged.info.run_id
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()[-3000:]
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """End the server and everything it started."""
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 a clear error when it is unreachable, nothing lost when it goes away, and `sync` afterwards."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,8 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import EXPERIMENT, PROJECT, run_cli
-from test_mlflow_model import free_port, stop, wait_for
+from conftest import EXPERIMENT, PROJECT, free_port, run_cli, start_mlflow_server, stop
 
 pytestmark = pytest.mark.slow
 
@@ -20,16 +18,8 @@ SMALL = ["data=digits", "data.train_size=300", "data.test_size=100", "training.e
 
 
 def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` with its own sqlite store and proxied artifacts, on a free loopback port."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}"]
-    command += ["--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(f"{url}/health", server)
-    return server, url
+    return start_mlflow_server(f"sqlite:///{folder / 'server.db'}", folder / "artifacts")
 
 
 @pytest.fixture

@@ -1,0 +1,68 @@
+"""The MLflow UI, in a real browser, shows a pipeline run with its params, charts and artifacts."""
+
+import os
+import shutil
+
+import pytest
+
+from conftest import PROJECT, only_run, start_mlflow_server, stop
+from pipeline.task import run
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = PROJECT / "outputs" / "test-artifacts"  # kept after the test, git-ignored
+# As root in a closed network: no sandbox, no GPU, and none of Chromium's calls home.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("needs Debian's chromium (apt-get install chromium), as .ci/run installs it")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_run_page_shows_params_chart_and_artifacts(browser, make_cfg, client, tmp_path):
+    run(make_cfg("data=digits", "data.train_size=256", "data.test_size=64", "training.epochs=3", "save=[keras,h5,savedmodel]", "tracking.run_name=ui-check"))
+    logged = only_run(client)
+    server, url = start_mlflow_server(client.tracking_uri, tmp_path / "proxied")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(f"{url}/#/experiments/{logged.info.experiment_id}/runs")  # the "Training runs" table
+        page.get_by_text("ui-check").first.wait_for()
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-experiment.png"))
+
+        page.get_by_text("ui-check").first.click()
+        page.get_by_text("About this run").wait_for()
+        for key in ("architecture", "checkpoint_policy", "save_formats", "model.architecture", "checkpoint.policy", "training.epochs"):
+            assert page.get_by_text(key, exact=True).first.is_visible(), key
+        for value in ("every_epoch", "keras,h5,savedmodel"):  # shown as "tag: value"
+            assert page.get_by_text(value).first.is_visible(), value
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-run.png"), full_page=True)
+
+        page.get_by_text("Model metrics", exact=True).click()
+        page.get_by_placeholder("Search metric charts").fill("val_loss")
+        page.get_by_text("val_loss", exact=True).first.wait_for()
+        page.locator(".js-plotly-plot").first.wait_for()  # the chart itself, drawn by plotly
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-metrics.png"))
+
+        page.get_by_text("Artifacts", exact=True).click()
+        for folder, inside in (("checkpoints", "cp-0003.weights.h5"), ("saved", "savedmodel"), ("reports", "verify.json")):
+            page.get_by_text(folder, exact=True).first.click()
+            page.get_by_text(inside, exact=True).first.wait_for()
+        for fmt in ("keras", "h5", "savedmodel"):
+            assert page.get_by_text(fmt, exact=True).first.is_visible(), fmt
+        page.get_by_text("verify.md", exact=True).first.click()
+        page.get_by_text("Reload-verify report").first.wait_for()
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-artifacts.png"))
+    finally:
+        stop(server)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server.pid, 0)  # no process of the server's group is left
