@@ -3,7 +3,9 @@
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from conftest import run_cli
+from mlflow import MlflowClient
+
+from conftest import EXPERIMENT, run_cli
 from pipeline.config import CheckpointPolicy, validate
 from pipeline.errors import ConfigError
 
@@ -81,4 +83,4 @@ def test_cli_refuses_bad_input_before_training(override, expected, tmp_path):
         assert text in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert "Epoch 1/" not in result.stdout
-    assert not (tmp_path / "outputs" / "mlflow.db").exists()  # refused before any run was opened
+    assert MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}").get_experiment_by_name(EXPERIMENT) is None  # refused before any run
