@@ -1,23 +1,16 @@
 """`python -m pipeline [overrides]`: the Hydra command line over `pipeline.task.run`."""
 
-import os
 import re
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the console
-# A tracking server that stops answering is given up on in seconds, not MLflow's minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-import pipeline.config  # noqa: E402,F401  (registers the schema Hydra validates against)
-from pipeline.errors import PipelineError  # noqa: E402
-
+import pipeline.config  # noqa: F401  (registers the schema Hydra validates against)
+from pipeline.errors import PipelineError
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

@@ -4,6 +4,7 @@ The same relative layout is used for the MLflow artifacts, so a run's artifact
 tree in the UI mirrors its folder on disk.
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,11 @@ class RunPaths:
 def default_tracking_uri(outputs_root: str) -> str:
     """The sqlite store used when neither config nor MLFLOW_TRACKING_URI names one."""
     return f"sqlite:///{Path(outputs_root).resolve() / 'mlflow.db'}"
+
+
+def command_line_tracking_uri() -> str:
+    """Where `pipeline.reproduce` and `pipeline.sync` look by default: MLFLOW_TRACKING_URI, else the default store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri("outputs")
 
 
 def sqlite_artifact_location(database: str, experiment: str) -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+import matplotlib.pyplot as plt  # after choosing the non-interactive backend
 
 
 def plot_training_curves(history: dict[str, list[float]], path: Path, title: str) -> Path:

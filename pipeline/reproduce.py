@@ -9,19 +9,17 @@ source run could not be used.
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mlflow import MlflowClient  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
-from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.paths import default_tracking_uri  # noqa: E402
+from pipeline.errors import PipelineError
+from pipeline.paths import command_line_tracking_uri
 
 # Wall-clock and on-disk sizes vary between runs of the same computation.
 NOT_COMPARED = ("_seconds", "/file_bytes")
@@ -71,7 +69,7 @@ def reproduce(run_id: str, tracking_uri: str) -> tuple[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("run_id", help="the MLflow run to reproduce")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri("outputs"), help="default: MLFLOW_TRACKING_URI, else outputs/mlflow.db")
+    parser.add_argument("--tracking-uri", default=command_line_tracking_uri(), help="default: MLFLOW_TRACKING_URI, else outputs/mlflow.db")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:

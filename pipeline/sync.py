@@ -7,17 +7,16 @@ and the folder holds its artifacts. They become one new run, tagged `synced_from
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from omegaconf import OmegaConf
 
 from pipeline.config import TrackingConfig
 from pipeline.errors import PipelineError
-from pipeline.paths import RunPaths, default_tracking_uri
+from pipeline.paths import RunPaths, command_line_tracking_uri
 from pipeline.tracking import JOURNAL, connect, read_journal
 
 BATCH = 500
@@ -61,7 +60,7 @@ def sync(output_dir: Path, tracking_uri: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.sync", description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", type=Path, help="a job's output folder, e.g. outputs/runs/2026-11-24_07-03-04")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri("outputs"), help="default: MLFLOW_TRACKING_URI, else outputs/mlflow.db")
+    parser.add_argument("--tracking-uri", default=command_line_tracking_uri(), help="default: MLFLOW_TRACKING_URI, else outputs/mlflow.db")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -45,13 +45,9 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def resolved(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-
-
-def config_digest(cfg: DictConfig) -> str:
+def config_digest(resolved_cfg: dict) -> str:
     """The same experiment gives the same digest, wherever it runs and is tracked."""
-    experiment = {k: v for k, v in resolved(cfg).items() if k not in NOT_EXPERIMENT}
+    experiment = {k: v for k, v in resolved_cfg.items() if k not in NOT_EXPERIMENT}
     experiment["training"] = {k: v for k, v in experiment["training"].items() if k != "verbose"}
     return hashlib.sha256(json.dumps(experiment, sort_keys=True).encode()).hexdigest()
 
@@ -83,10 +79,10 @@ def run_tags(settings: Config, digest: str, output_dir: Path) -> dict:
     }
 
 
-def _log_inputs(cfg: DictConfig, paths: RunPaths, tracker: Tracker) -> None:
+def _log_inputs(resolved_cfg: dict, paths: RunPaths, tracker: Tracker) -> None:
     """The config and environment a re-run needs."""
-    tracker.log_params(flatten(resolved(cfg)))
-    paths.resolved_config.write_text(OmegaConf.to_yaml(resolved(cfg)))
+    tracker.log_params(flatten(resolved_cfg))
+    paths.resolved_config.write_text(OmegaConf.to_yaml(resolved_cfg))
     paths.requirements.parent.mkdir(parents=True, exist_ok=True)
     paths.requirements.write_text(installed_packages())
     tracker.log_files([paths.resolved_config, paths.requirements])
@@ -101,7 +97,8 @@ def _log_datasets(data: Dataset, tracker: Tracker) -> None:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     settings = validate(cfg)
-    digest = config_digest(cfg)
+    resolved_cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    digest = config_digest(resolved_cfg)
     client, experiment_id = connect(settings.tracking, settings.paths.root)
     resumed = find_run_to_resume(client, experiment_id, settings.resume, digest, settings.training.epochs)
     paths = RunPaths(resumed[1] if resumed else Path(settings.paths.output_dir).resolve())
@@ -113,7 +110,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     tags = run_tags(settings, digest, paths.root)
     with tracked_run(client, experiment_id, settings, paths.root, tags, resume_run_id=resumed[0] if resumed else None) as tracker:
         if not resumed:
-            _log_inputs(cfg, paths, tracker)
+            _log_inputs(resolved_cfg, paths, tracker)
         keras.utils.set_random_seed(settings.seed)
         if settings.deterministic:
             import tensorflow as tf

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import mlflow
 import requests
-from mlflow.entities import DatasetInput, InputTag
+from mlflow.entities import DatasetInput, InputTag, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
@@ -77,7 +77,7 @@ class Tracker:
     def set_tags(self, tags: dict) -> None:
         tags = {k: str(v) for k, v in tags.items()}
         self.record("tags", tags)
-        self.remote("setting tags", lambda: [self.client.set_tag(self.run_id, k, v) for k, v in tags.items()])
+        self.remote("setting tags", lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
 
     def metric_histories(self, names: list[str]) -> dict[str, list[float]]:
         """Each metric's values in step order, over every session of a resumed run."""
@@ -223,11 +223,12 @@ def tracked_run(client: MlflowClient, experiment_id: str, settings: Config, outp
         run_id = client.create_run(experiment_id, run_name=settings.tracking.run_name or None, tags=resolve_tags(tags)).info.run_id
     else:
         run_id = resume_run_id
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
     tracker = Tracker(client, run_id, output_dir)
     mlflow.start_run(run_id=run_id)  # active in this process too, for MLflow's flavor APIs (log_model)
-    tracker.record("tags", tags)
+    if resume_run_id is None:
+        tracker.record("tags", tags)  # already on the new run
+    else:
+        tracker.set_tags(tags)  # this session's pid, overrides and versions
     log.info("mlflow  | %s run %s in experiment %r at %s", "resumed" if resume_run_id else "new", run_id, settings.tracking.experiment, client.tracking_uri)
     try:
         yield tracker

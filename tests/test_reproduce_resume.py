@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import EXPERIMENT, PROJECT, only_run, run_cli, tmp_overrides
+from conftest import EXPERIMENT, PROJECT, only_run, run_cli
 from pipeline.errors import ConfigError
 from pipeline.formats import atomic_path
 from pipeline.task import run
@@ -97,7 +97,7 @@ def test_reproduce_reruns_a_logged_run_and_reports_identical(make_cfg, client, t
     result = reproduce_cli(source.info.run_id, uri, tmp_path)
 
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"identical: run" in result.stdout
+    assert "identical: run" in result.stdout
     (rerun,) = client.search_runs([source.info.experiment_id], f"tags.reproduced_from = '{source.info.run_id}'")
     assert rerun.info.status == "FINISHED"
     assert rerun.data.tags["weights_sha256"] == source.data.tags["weights_sha256"]
