@@ -1,42 +1,58 @@
 """`python -m pipeline [overrides]`: the Hydra command line over `pipeline.task.run`."""
 
-import re
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
+from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import pipeline.config  # noqa: F401  (registers the schema Hydra validates against)
-from pipeline.errors import PipelineError
+from pipeline.config import check_override, validate  # importing it registers the schema Hydra validates against
+from pipeline.errors import ConfigError, PipelineError
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
-def check_group_choices(args: list[str]) -> None:
-    """Refuse an unknown config-group option, naming the valid ones.
+def check_overrides(args: list[str]) -> None:
+    """Refuse a bad override in one line that names what is valid, before Hydra starts anything.
 
-    Hydra does name them for `model=nope`, but not for an option inside a list
-    such as `save=[keras,zip]`; this check covers both, and sweeps (`save=keras,zip`).
+    Hydra does name the options for `model=nope`, but not for an option inside a
+    list (`save=[keras,zip]`), and it reports unknown keys and wrong types in several
+    lines of OmegaConf detail. Every value of a sweep (`model=mlp,nope`) is checked.
     """
-    for arg in args:
-        key, has_value, value = arg.lstrip("+~").partition("=")
-        group = CONF / key
-        if not has_value or key.startswith("hydra") or "(" in value or not group.is_dir():
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    except OverrideParseException as error:
+        raise SystemExit(f"error: cannot parse the overrides: {str(error).splitlines()[0]}") from None
+    for override in overrides:
+        if override.is_hydra_override() or override.is_delete() or override.value_type is ValueType.INTERVAL_SWEEP:
             continue
-        options = sorted(p.stem for p in group.glob("*.yaml"))
-        for choice in filter(None, re.split(r"[\[\],\s]+", value)):
-            if choice not in options and choice != "null":
-                raise SystemExit(f"error: {key}={choice!r} is not an option; choose from: {', '.join(options)}")
+        key = override.key_or_group
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        group = CONF / key
+        if group.is_dir():
+            options = sorted(p.stem for p in group.glob("*.yaml"))
+            for choice in (c for value in values for c in (value if isinstance(value, list) else [value])):
+                if choice is not None and choice not in options:
+                    raise SystemExit(f"error: {key}={choice!r} is not an option; choose from: {', '.join(options)}")
+            continue
+        try:
+            for value in values:
+                check_override(key, value)
+        except ConfigError as error:
+            raise SystemExit(f"error: {error}") from None
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from pipeline.task import run  # after Hydra has parsed the command line: --help stays fast
-
     try:
+        validate(cfg)  # before TensorFlow is imported, so bad values fail fast
+        from pipeline.task import run  # here, not at the top: --help and bad input stay fast
+
         return run(cfg)["trained_accuracy"]  # the objective an Optuna sweep maximizes
     except PipelineError as error:
         if HydraConfig.get().mode is RunMode.MULTIRUN:
@@ -46,5 +62,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    check_group_choices(sys.argv[1:])
+    check_overrides(sys.argv[1:])
     main()

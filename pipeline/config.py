@@ -8,9 +8,11 @@ names, before any data is loaded or any MLflow run is started.
 schema with placeholder values while composing.)
 """
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -66,6 +68,7 @@ class ModelConfig:
     hidden_units: int = 512
     dropout: float = 0.2
     conv_filters: List[int] = field(default_factory=lambda: [16, 32])
+    init_weights: Optional[str] = None  # start from these weights (.weights.h5, .keras, .h5 or a TF checkpoint)
 
     def check(self) -> None:
         from pipeline.architectures import ARCHITECTURES
@@ -92,12 +95,33 @@ class CheckpointConfig:
         _require(self.max_to_keep >= 1, f"checkpoint.max_to_keep must be at least 1 (got {self.max_to_keep})")
 
 
+class Compression(Enum):
+    gzip = "gzip"  # everywhere HDF5 is; level 0-9
+    lzf = "lzf"  # faster, lighter; h5py's own filter
+
+
 @dataclass
 class SaveOptions:
     filename: str = "model"  # the artifact's name inside saved/<format>/, before the format's suffix
+    compression: Optional[Compression] = None  # HDF5 formats (h5, weights) only
+    compression_level: int = 4  # gzip: 0 (fastest) to 9 (smallest)
+    shuffle: bool = False  # HDF5's byte-shuffle filter before compressing: float weights often shrink more
+    chunk_kib: Optional[int] = None  # target size of a dataset chunk; None lets h5py choose
 
-    def check(self) -> None:
-        _require(bool(self.filename) and "/" not in self.filename, f"save filename must be a plain name (got {self.filename!r})")
+    @property
+    def rewrites_hdf5(self) -> bool:
+        """Keras's HDF5 writers store every array contiguous and uncompressed; these options need a rewrite."""
+        return self.compression is not None or self.chunk_kib is not None
+
+    def check(self, format_name: str) -> None:
+        from pipeline.formats import FORMATS
+
+        key = f"save.{format_name}"
+        _require(bool(self.filename) and "/" not in self.filename, f"{key}.filename must be a plain name (got {self.filename!r})")
+        hdf5 = [name for name, fmt in FORMATS.items() if fmt.hdf5]
+        _require(not self.rewrites_hdf5 or format_name in hdf5, f"{key}: compression and chunk_kib apply only to the HDF5 formats: {', '.join(hdf5)}")
+        _require(0 <= self.compression_level <= 9, f"{key}.compression_level must be 0-9 (got {self.compression_level})")
+        _require(self.chunk_kib is None or self.chunk_kib >= 1, f"{key}.chunk_kib must be at least 1 (got {self.chunk_kib})")
 
 
 @dataclass
@@ -220,8 +244,9 @@ class Config:
         _require(bool(self.save), f"save must name at least one format: {', '.join(FORMATS)}")
         for name, options in self.save.items():
             _require_choice("save", name, FORMATS)
-            options.check()
-        for part in (self.data, self.model, self.checkpoint, self.training, self.training.optimizer, self.verify):
+            options.check(name)
+        # The model and optimizer checks import Keras (and TensorFlow): the others go first, so most bad values fail in a second.
+        for part in (self.data, self.checkpoint, self.training, self.verify, self.model, self.training.optimizer):
             part.check()
         for callback in (self.callbacks.early_stopping, self.callbacks.lr_schedule):
             if callback is not None:
@@ -240,3 +265,38 @@ def validate(cfg: DictConfig) -> Config:
         raise ConfigError(str(error).splitlines()[0]) from None
     settings.check()
     return settings
+
+
+
+def _unwrap_optional(annotation):
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if typing.get_origin(annotation) is typing.Union and len(args) == 1 else annotation
+
+
+def check_override(key: str, value: Any) -> None:
+    """Check one command-line `key=value` against the schema, in a line that names what is valid.
+
+    Hydra refuses the same overrides, but in several lines of OmegaConf detail and
+    without the valid keys; this runs before Hydra, so nothing starts on bad input.
+    """
+    owner, annotation = Config, Config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        annotation = _unwrap_optional(annotation)
+        if typing.get_origin(annotation) in (dict, Dict):  # a free-form key, e.g. save.keras or tracking.tags.team
+            owner, annotation = None, typing.get_args(annotation)[1]
+            continue
+        fields = typing.get_type_hints(annotation) if dataclasses.is_dataclass(annotation) else {}
+        where = ".".join(parts[:depth]) or "the top level"
+        if not fields:
+            raise ConfigError(f"{key}: {where} is a single value, not a group of keys")
+        if part not in fields:
+            raise ConfigError(f"{key}: {where} has no key {part!r}; its keys are: {', '.join(fields)}")
+        owner, annotation = annotation, fields[part]
+    if owner is not None and value is not None:
+        node = OmegaConf.structured(owner)
+        try:
+            node[parts[-1]] = value
+        except Exception as error:  # OmegaConf's ValidationError, first line only
+            raise ConfigError(f"{key}={value!r}: {str(error).splitlines()[0]}") from None
+

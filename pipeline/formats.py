@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from pipeline.errors import ArtifactError
+from pipeline.trust import explain_load_failure
 
 PREDICT_BATCH = 1024
 
@@ -44,6 +45,50 @@ class SaveFormat:
     save: Callable[[Any, Path], None]
     load: Callable[[Path, LoadContext], Restored]
     description: str
+    hdf5: bool = False  # one HDF5 file, which can be rewritten compressed
+
+
+def raw_state_bytes(model, with_optimizer: bool) -> int:
+    """Bytes of the arrays a format has to store: the weights, and the optimizer's variables if it carries them."""
+    variables = list(model.weights) + (list(model.optimizer.variables) if with_optimizer and model.optimizer is not None else [])
+    return int(sum(np.prod(v.shape, dtype=np.int64) * np.dtype(v.dtype).itemsize for v in variables))
+
+
+def rewrite_hdf5(path: Path, compression: Optional[str], level: int, shuffle: bool, chunk_kib: Optional[int]) -> None:
+    """Rewrite an HDF5 file with its arrays chunked and compressed, and nothing else changed.
+
+    Keras's HDF5 writers take no such options. The groups, dataset names and
+    attributes stay as Keras wrote them and h5py decompresses on read, so Keras's
+    `load_weights` and `load_model` read the rewritten file as before.
+    """
+    import h5py
+
+    def filters(dataset) -> dict:
+        if dataset.ndim == 0 or dataset.size < 2:  # scalars cannot be chunked
+            return {}
+        options: dict[str, Any] = {"compression": compression, "shuffle": shuffle and compression is not None}
+        if compression == "gzip":
+            options["compression_opts"] = level
+        if chunk_kib is not None:
+            row_bytes = max(1, int(np.prod(dataset.shape[1:], dtype=np.int64)) * dataset.dtype.itemsize)
+            options["chunks"] = (max(1, min(dataset.shape[0], chunk_kib * 1024 // row_bytes)), *dataset.shape[1:])
+        else:
+            options["chunks"] = True
+        return options
+
+    rewritten = path.with_name(f"{path.name}.rewrite")
+    with h5py.File(path, "r") as source, h5py.File(rewritten, "w") as target:
+        target.attrs.update(source.attrs)
+
+        def copy(name: str, obj) -> None:
+            if isinstance(obj, h5py.Group):
+                copied = target.require_group(name)
+            else:
+                copied = target.create_dataset(name, data=obj[()], dtype=obj.dtype, **filters(obj))
+            copied.attrs.update(obj.attrs)
+
+        source.visititems(copy)
+    os.replace(rewritten, path)
 
 
 def predict_logits(model, x: np.ndarray) -> np.ndarray:
@@ -164,35 +209,60 @@ FORMATS: dict[str, SaveFormat] = {
     f.name: f
     for f in [
         SaveFormat("keras", ".keras", True, _save_keras, _load_keras, "Keras v3 zip: config, weights, optimizer"),
-        SaveFormat("h5", ".h5", True, _save_h5, _load_h5, "legacy HDF5 whole model"),
+        SaveFormat("h5", ".h5", True, _save_h5, _load_h5, "legacy HDF5 whole model", hdf5=True),
         SaveFormat("savedmodel", "", False, _save_savedmodel, _load_savedmodel, "TF SavedModel via model.export, for serving"),
-        SaveFormat("weights", ".weights.h5", True, _save_weights, _load_weights, "Keras weights file: layer and optimizer variables, no config"),
+        SaveFormat("weights", ".weights.h5", True, _save_weights, _load_weights, "Keras weights file: layer and optimizer variables, no config", hdf5=True),
         SaveFormat("tf_checkpoint", "", True, _save_tf_checkpoint, load_tf_checkpoint, "tf.train.Checkpoint of model and optimizer"),
     ]
 }
+
+
+def load(fmt: SaveFormat, path: Path, ctx: LoadContext) -> Restored:
+    """Load `path` as a user would; any failure becomes one ArtifactError that says what to do."""
+    if not path.exists():
+        raise ArtifactError(f"{path} does not exist")
+    try:
+        return fmt.load(path, ctx)
+    except ArtifactError:
+        raise
+    except Exception as error:  # Keras, h5py, zipfile and TensorFlow each fail in their own way
+        raise ArtifactError(explain_load_failure(fmt.name, path, error)) from error
+
+
+def _io_reason(error: BaseException) -> Optional[str]:
+    """The operating system's reason for a failed write (disk full, read-only...), if that is what it was."""
+    if isinstance(error, OSError):
+        return os.strerror(error.errno) if error.errno else str(error).splitlines()[0]
+    if any(cls.__name__ == "OpError" for cls in type(error).__mro__):  # TensorFlow's SaveV2 and friends
+        return str(error).splitlines()[0].rsplit("; ", 1)[-1].split(" [Op:")[0]
+    return None
 
 
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `final` to write to; rename it into place only on success.
 
-    A crash or kill mid-write leaves a `.partial-` name, never a truncated file
-    under the final name. The suffix is kept because Keras picks the format from it.
+    A crash, kill or full disk mid-write leaves no file under the final name: the
+    `.partial-` file is removed, or left for the next write to replace after a kill.
+    The suffix is kept because Keras picks the format from it.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
     temporary = final.with_name(f".partial-{final.name}")
-    _remove(temporary)
     try:
-        yield temporary
-    except BaseException:
+        final.parent.mkdir(parents=True, exist_ok=True)
         _remove(temporary)
-        raise
-    _remove(final)
-    os.replace(temporary, final)
+        yield temporary
+        _remove(final)
+        os.replace(temporary, final)
+    except BaseException as error:
+        _remove(temporary)
+        reason = _io_reason(error)
+        if reason is None:
+            raise
+        raise ArtifactError(f"writing {final} failed: {reason}; nothing was written under that name") from error
 
 
 def _remove(path: Path) -> None:
     if path.is_dir():
-        shutil.rmtree(path)
+        shutil.rmtree(path, ignore_errors=True)
     elif path.exists():
-        path.unlink()
+        path.unlink(missing_ok=True)

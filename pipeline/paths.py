@@ -7,6 +7,10 @@ tree in the UI mirrors its folder on disk.
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,10 @@ class RunPaths:
     @property
     def reports(self) -> Path:
         return self.root / "reports"
+
+    def inspection(self, format_name: str) -> Path:
+        """`pipeline.inspect`'s report on a saved artifact, without its .txt/.json suffix."""
+        return self.reports / "inspect" / format_name
 
     @property
     def plots(self) -> Path:
@@ -56,7 +64,6 @@ class RunPaths:
     def requirements(self) -> Path:
         """The installed packages, as `pip freeze` would list them."""
         return self.root / "environment" / "requirements.txt"
-
 
     def uploads(self) -> list[tuple[Path, str]]:
         """What a run uploads as artifacts, as (local path, artifact folder) pairs, for those that exist."""
@@ -86,4 +93,32 @@ def disk_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def unwritable(folder: Path) -> Optional[str]:
+    """Why `folder` cannot be created or written to, or None if it can."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+class OutputFolderCheck(Callback):
+    """Refuse an output folder that cannot be written, in one line, before Hydra tries to create it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(folder: str) -> None:
+        problem = unwritable(Path(folder))
+        if problem:
+            raise SystemExit(f"error: cannot write the output folder {folder}: {problem}; choose another with paths.root or hydra.run.dir")
 

@@ -96,8 +96,10 @@ class TrainingBackup(keras.callbacks.Callback):
         with atomic_path(weights.with_suffix("").with_suffix(".json")) as temporary:
             temporary.write_text(json.dumps(state))
         for old in saved_states(self.directory)[KEEP:]:
-            old.unlink()
+            # Weights first: a kill between the two unlinks leaves a JSON that the next
+            # prune still sees, never a weights file that no state lists.
             (self.directory / f"{old.stem}{WEIGHTS.suffix}").unlink(missing_ok=True)
+            old.unlink()
 
 
 def saved_states(directory: Path) -> list[Path]:

@@ -8,6 +8,7 @@ around the stages, and returns the metrics the run logged.
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import keras
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.architectures import ARCHITECTURES
 from pipeline.config import Config, validate
 from pipeline.errors import PipelineError
-from pipeline.paths import RunPaths
+from pipeline.paths import RunPaths, unwritable
 from pipeline.plots import plot_training_curves
 from pipeline.resume import find_run_to_resume, owner_tags
 from pipeline.stages.build import build, build_model, summary_text
@@ -96,16 +97,17 @@ def _log_datasets(data: Dataset, tracker: Tracker) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
+    start = time.perf_counter()
     settings = validate(cfg)
     resolved_cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     digest = config_digest(resolved_cfg)
     client, experiment_id = connect(settings.tracking, settings.paths.root)
     resumed = find_run_to_resume(client, experiment_id, settings.resume, digest, settings.training.epochs)
     paths = RunPaths(resumed[1] if resumed else Path(settings.paths.output_dir).resolve())
-    try:
-        paths.root.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PipelineError(f"cannot create the output folder {paths.root}: {error.strerror}") from None
+    problem = unwritable(paths.root)
+    if problem:
+        raise PipelineError(f"cannot write the output folder {paths.root}: {problem}")
+    paths.root.mkdir(parents=True, exist_ok=True)
 
     tags = run_tags(settings, digest, paths.root)
     with tracked_run(client, experiment_id, settings, paths.root, tags, resume_run_id=resumed[0] if resumed else None) as tracker:
@@ -143,6 +145,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             paths,
             tracker,
         )
+        tracker.log_metrics({"run_seconds": time.perf_counter() - start})  # the job's work, after imports
         metrics = tracker.latest_metrics()
         log.info("done    | run %s: trained accuracy %.2f%%, outputs in %s", tracker.run_id, 100 * report.trained_accuracy, paths.root)
     return metrics

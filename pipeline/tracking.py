@@ -23,10 +23,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.config import Config, TrackingConfig
 from pipeline.errors import PipelineError
-from pipeline.paths import default_tracking_uri, sqlite_artifact_location
+from pipeline.paths import default_tracking_uri, sqlite_artifact_location, unwritable
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +168,16 @@ def connect(tracking: TrackingConfig, outputs_root: str) -> tuple[MlflowClient, 
     uri = tracking.uri or default_tracking_uri(outputs_root)
     if uri.startswith(("http://", "https://")):
         check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(tracking.experiment)  # creates a new sqlite store's tables
     database = uri.removeprefix("sqlite:///").split("?")[0] if uri.startswith("sqlite:///") else None
+    problem = unwritable(Path(database).parent) if database else None
+    if problem:
+        raise PipelineError(f"cannot create the MLflow store {uri}: {problem}; set paths.root, tracking.uri or MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(tracking.experiment)  # creates a new sqlite store's tables
+    except (MlflowException, OSError, SQLAlchemyError) as error:
+        raise PipelineError(f"cannot open the MLflow store {uri}: {str(error).splitlines()[0]}") from None
     if database:
         use_write_ahead_log(database)
     if experiment is not None:

@@ -35,8 +35,13 @@ def test_every_format_reload_verifies(architecture, make_cfg, client, tmp_path):
         carried = FORMATS[name].carries_optimizer
         assert checked[name]["optimizer"].startswith("restored") == carried, checked[name]["optimizer"]
         assert metrics[f"{name}/file_bytes"] > 0
-    artifacts = {f.path for f in client.list_artifacts(only_run(client).info.run_id, "saved")}
+    run_id = only_run(client).info.run_id
+    artifacts = {f.path for f in client.list_artifacts(run_id, "saved")}
     assert artifacts == {f"saved/{name}" for name in ALL_FORMATS}
+    inspections = {f.path for f in client.list_artifacts(run_id, "reports/inspect")}
+    assert inspections == {f"reports/inspect/{name}.{ext}" for name in ALL_FORMATS for ext in ("txt", "json")}
+    for name in ALL_FORMATS:
+        assert json.loads((tmp_path / "job" / "reports" / "inspect" / f"{name}.json").read_text())["format"] == name
 
 
 @pytest.mark.parametrize("order", [["h5", "keras"], ["keras", "h5"]])

@@ -1,11 +1,17 @@
-"""Stage 2: build and compile the chosen architecture, as the tutorial compiles it."""
+"""Stage 2: build and compile the chosen architecture, as the tutorial compiles it, and
+optionally start it from an earlier run's weights, as the tutorial restores a checkpoint
+into a new model."""
 
 import logging
+import warnings
+from pathlib import Path
 
 import keras
 
 from pipeline.architectures import ARCHITECTURES
 from pipeline.config import ModelConfig, OptimizerConfig
+from pipeline.errors import ArtifactError
+from pipeline.formats import tf_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +33,42 @@ def summary_text(model: keras.Model) -> str:
     return "\n".join(lines)
 
 
+def load_initial_weights(model: keras.Model, path: Path) -> None:
+    """Fill `model` with the layer weights in a .weights.h5, .keras or .h5 file or a TF checkpoint.
+
+    The optimizer starts fresh. A file from another architecture is refused whole,
+    never half-loaded: Keras and TensorFlow match every layer and shape.
+    """
+    import tensorflow as tf
+
+    key = "model.init_weights"
+    checkpoint = path.is_dir() or path.with_name(path.name + ".index").exists()
+    if not path.exists() and not checkpoint:
+        raise ArtifactError(f"{key}: {path} does not exist; give a .weights.h5, .keras or .h5 file or a TF checkpoint")
+    try:
+        if checkpoint:
+            prefix = tf.train.latest_checkpoint(str(path)) if path.is_dir() else str(path)
+            if prefix is None:
+                raise ArtifactError(f"{key}: no TF checkpoint in {path}")
+            tf_checkpoint(model, with_optimizer=False).restore(prefix).assert_existing_objects_matched()
+        else:
+            with warnings.catch_warnings():  # the file's optimizer state is not wanted here
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                model.load_weights(path)
+    except ArtifactError:
+        raise
+    except (ValueError, AssertionError) as error:  # Keras's and TensorFlow's layer-by-layer matching
+        detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip())[:300]
+        raise ArtifactError(f"{key}: {path} holds weights of a different architecture than {model.name} ({model.count_params():,} parameters): {detail}") from error
+    except Exception as error:
+        raise ArtifactError(f"{key}: {path} is not a readable checkpoint (truncated or corrupt?): {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from error
+
+
 def build(model_cfg: ModelConfig, optimizer_cfg: OptimizerConfig, input_shape: tuple, num_classes: int) -> keras.Model:
     model = build_model(model_cfg, optimizer_cfg, input_shape, num_classes)
     log.info("build   | %s: %s parameters, %s(learning_rate=%g)", model.name, f"{model.count_params():,}", optimizer_cfg.name, optimizer_cfg.learning_rate)
+    if model_cfg.init_weights:
+        path = Path(model_cfg.init_weights).expanduser().resolve()
+        load_initial_weights(model, path)
+        log.info("build   | started from the weights in %s", path)
     return model

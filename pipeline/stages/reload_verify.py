@@ -18,8 +18,8 @@ import numpy as np
 
 from pipeline.checkpoints import PolicyCheckpoint, carries_optimizer, find_latest
 from pipeline.config import Config
-from pipeline.errors import VerificationError
-from pipeline.formats import LoadContext, SaveFormat, predict_logits
+from pipeline.errors import ArtifactError, VerificationError
+from pipeline.formats import LoadContext, SaveFormat, load, predict_logits
 from pipeline.paths import RunPaths, disk_bytes
 from pipeline.stages.data import Dataset
 from pipeline.stages.save import SavedArtifact
@@ -49,6 +49,7 @@ class Check:
     optimizer: str = "not carried"
     load_seconds: Optional[float] = None
     bytes: Optional[int] = None
+    raw_bytes: Optional[int] = None  # the uncompressed arrays the artifact stores
     save_seconds: Optional[float] = None
     problems: list[str] = field(default_factory=list)
 
@@ -81,10 +82,11 @@ def compare_optimizer(restored: Any, reference: Reference) -> tuple[str, Optiona
 def verify_artifact(check: Check, fmt: SaveFormat, path: Path, ctx: LoadContext, reference: Reference, expect_optimizer: bool, data: Dataset, atol: float) -> Check:
     start = time.perf_counter()
     try:
-        restored = fmt.load(path, ctx)
+        restored = load(fmt, path, ctx)
         predictions = restored.predict(data.x_test)
     except Exception as error:  # a corrupt or incompatible file is a finding, not a crash
-        check.problems.append(f"load failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        detail = str(error) if isinstance(error, ArtifactError) else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        check.problems.append(f"load failed: {detail}")
         return check
     check.load_seconds = time.perf_counter() - start
     check.max_abs_diff = float(np.max(np.abs(predictions - reference.predictions)))
@@ -127,14 +129,15 @@ def _markdown(checks: list[Check], untrained: float, trained: float, atol: float
     lines = [
         f"Untrained model accuracy: {untrained:.2%}. Trained model accuracy: {trained:.2%}. Tolerance: {atol:g}.",
         "",
-        "| artifact | format | path | max abs diff | accuracy | optimizer | bytes | save s | load s | result |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| artifact | format | path | max abs diff | accuracy | optimizer | bytes | x raw | save s | load s | result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in checks:
         result = "OK" if c.ok else "FAILED: " + "; ".join(c.problems)
+        vs_raw = c.bytes / c.raw_bytes if c.bytes and c.raw_bytes else None
         lines.append(
             f"| {c.artifact} | {c.format} | {c.path} | {cell(c.max_abs_diff, '.3g')} | {cell(c.accuracy, '.2%')} | {c.optimizer} "
-            f"| {cell(c.bytes, ',')} | {cell(c.save_seconds, '.2f')} | {cell(c.load_seconds, '.2f')} | {result} |"
+            f"| {cell(c.bytes, ',')} | {cell(vs_raw, '.2f')} | {cell(c.save_seconds, '.2f')} | {cell(c.load_seconds, '.2f')} | {result} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -167,7 +170,7 @@ def reload_verify(
     checks = []
     for artifact in saved:
         check = Check(artifact.format.name, artifact.format.name, str(artifact.path.relative_to(paths.root)), trained.description)
-        check.bytes, check.save_seconds = artifact.bytes, artifact.save_seconds
+        check.bytes, check.raw_bytes, check.save_seconds = artifact.bytes, artifact.raw_bytes, artifact.save_seconds
         checks.append(verify_artifact(check, artifact.format, artifact.path, ctx, trained, artifact.format.carries_optimizer, data, atol))
 
     if checkpoint is not None and checkpoint.latest is not None:

@@ -1,5 +1,7 @@
-"""Stage 4: save the trained model in every configured format, each in its own folder."""
+"""Stage 4: save the trained model in every configured format, each in its own folder,
+with an inspection of what was written."""
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -8,8 +10,8 @@ from pathlib import Path
 import keras
 
 from pipeline.config import SaveOptions
-from pipeline.errors import ArtifactError
-from pipeline.formats import FORMATS, SaveFormat, atomic_path
+from pipeline.formats import FORMATS, SaveFormat, atomic_path, raw_state_bytes, rewrite_hdf5
+from pipeline.inspect import inspect_artifact, render
 from pipeline.paths import RunPaths, disk_bytes
 from pipeline.tracking import Tracker
 
@@ -22,6 +24,7 @@ class SavedArtifact:
     path: Path
     bytes: int
     save_seconds: float
+    raw_bytes: int  # the arrays the format stores, uncompressed: weights, plus optimizer state if carried
 
 
 def save(model: keras.Model, formats: dict[str, SaveOptions], paths: RunPaths, tracker: Tracker) -> list[SavedArtifact]:
@@ -31,14 +34,25 @@ def save(model: keras.Model, formats: dict[str, SaveOptions], paths: RunPaths, t
         fmt = FORMATS[name]
         target = paths.saved(name) / (options.filename + fmt.suffix)
         start = time.perf_counter()
-        try:
-            with atomic_path(target) as temporary:
-                fmt.save(model, temporary)
-        except OSError as error:
-            raise ArtifactError(f"saving {name} to {target} failed: {error}") from error
-        artifact = SavedArtifact(fmt, target, disk_bytes(target), time.perf_counter() - start)
+        with atomic_path(target) as temporary:
+            fmt.save(model, temporary)
+            if options.rewrites_hdf5:
+                compression = options.compression.value if options.compression else None
+                rewrite_hdf5(temporary, compression, options.compression_level, options.shuffle, options.chunk_kib)
+        artifact = SavedArtifact(fmt, target, disk_bytes(target), time.perf_counter() - start, raw_state_bytes(model, fmt.carries_optimizer))
         tracker.log_folder(paths.saved(name))
-        tracker.log_metrics({f"{name}/file_bytes": artifact.bytes, f"{name}/save_seconds": artifact.save_seconds})
-        log.info("save    | %-13s %s (%s bytes, %.2f s)", name, target, f"{artifact.bytes:,}", artifact.save_seconds)
+        tracker.log_files(write_inspection(target, paths.inspection(name)))
+        tracker.log_metrics({f"{name}/file_bytes": artifact.bytes, f"{name}/save_seconds": artifact.save_seconds, f"{name}/bytes_vs_raw": artifact.bytes / artifact.raw_bytes})
+        log.info("save    | %-13s %s (%s bytes, %.2fx the raw state, %.2f s)", name, target, f"{artifact.bytes:,}", artifact.bytes / artifact.raw_bytes, artifact.save_seconds)
         saved.append(artifact)
     return saved
+
+
+def write_inspection(artifact: Path, report: Path) -> list[Path]:
+    """What `python -m pipeline.inspect` shows for the artifact, as text and JSON."""
+    info = inspect_artifact(artifact)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    text, data = report.with_suffix(".txt"), report.with_suffix(".json")
+    text.write_text(render(info) + "\n")
+    data.write_text(json.dumps(info, indent=2, default=str))
+    return [text, data]

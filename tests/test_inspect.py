@@ -1,0 +1,252 @@
+"""`pipeline.inspect` on every format, HDF5 compression that Keras still reads, and safe loading:
+code in a model is refused unless trusted, and a missing custom class is named."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from conftest import PROJECT, only_run
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import ModelConfig, OptimizerConfig
+from pipeline.errors import ArtifactError
+from pipeline.formats import FORMATS, LoadContext, load
+from pipeline.inspect import inspect_artifact, main
+from pipeline.stages.build import build_model
+from pipeline.task import run
+
+INPUTS, CLASSES = 64, 10
+
+
+def fresh_mlp():
+    return build_model(ModelConfig(architecture="mlp", hidden_units=32), OptimizerConfig(), (INPUTS,), CLASSES)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A trained MLP saved once in every format: {format name: path}."""
+    keras.utils.set_random_seed(0)
+    model = fresh_mlp()
+    rng = np.random.default_rng(0)
+    model.fit(rng.random((64, INPUTS), dtype="float32"), rng.integers(0, CLASSES, 64), epochs=1, verbose=0)
+    folder = tmp_path_factory.mktemp("saved")
+    paths = {}
+    for name, fmt in FORMATS.items():
+        paths[name] = folder / name / f"model{fmt.suffix}"
+        paths[name].parent.mkdir()
+        fmt.save(model, paths[name])
+    return paths
+
+
+def inspect_text(capsys, *args) -> str:
+    assert main([str(a) for a in args]) == 0
+    return capsys.readouterr().out
+
+
+def test_h5_shows_hierarchy_datasets_and_keras_attributes(saved, capsys):
+    text = inspect_text(capsys, saved["h5"])
+
+    for expected in ("attributes:", "backend: tensorflow", f"keras_version: {keras.__version__}", '"class_name": "Sequential"', '"optimizer_config"'):
+        assert expected in text, expected
+    assert f"kernel  ({INPUTS}, 32) float32  contiguous, uncompressed" in text
+    assert "model_weights/" in text and "optimizer_weights/" in text
+    assert "code: none (loads under safe_mode)" in text
+
+
+def test_keras_zip_shows_config_metadata_and_inner_weights(saved, capsys):
+    text = inspect_text(capsys, saved["keras"])
+
+    assert "files: metadata.json" in text and "model.weights.h5 (" in text
+    assert f'metadata.json: {{"keras_version": "{keras.__version__}"' in text
+    assert "config.json: {" in text and '"class_name": "Sequential"' in text
+    assert "model.weights.h5:" in text and f"0  ({INPUTS}, 32) float32" in text
+
+
+def test_weights_file_shows_layers_and_optimizer_variables(saved, capsys):
+    text = inspect_text(capsys, saved["weights"])
+
+    assert "layers/" in text and "optimizer/" in text and "@name: adam" in text
+    info = inspect_artifact(saved["weights"])
+    parameters = fresh_mlp().count_params()
+    assert info["values"] > parameters  # the optimizer's moments are in the file too
+    assert info["raw_bytes"] == sum(e["raw_bytes"] for e in info["entries"] if e["type"] == "dataset")
+
+
+def test_savedmodel_shows_signatures_with_specs(saved, capsys):
+    text = inspect_text(capsys, saved["savedmodel"])
+
+    assert "signature 'serving_default' (tensorflow/serving/predict):" in text
+    assert f": float32(None, {INPUTS})" in text.split("inputs:  ")[1].splitlines()[0]  # Keras numbers the input's name per process
+    assert f"outputs: output_0: float32(None, {CLASSES})" in text
+
+
+def test_tf_checkpoint_lists_variables_with_shapes(saved, capsys):
+    text = inspect_text(capsys, saved["tf_checkpoint"])
+
+    assert "checkpoint: " in text and "ckpt-1" in text
+    assert f"({INPUTS}, 32) float32" in text and "optimizer/" in text
+
+
+def test_json_for_machines_from_the_real_command(saved):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.inspect", str(saved["savedmodel"]), "--json"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT)}
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads(result.stdout)
+    assert info["format"] == "savedmodel"
+    (spec,) = info["signatures"]["serving_default"]["inputs"].values()
+    assert spec == {"dtype": "float32", "shape": [None, INPUTS]}
+
+
+def test_unknown_path_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+
+    assert main([str(tmp_path / "notes.txt")]) == 1
+    assert "cannot tell what" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.keras")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_compressed_hdf5_is_smaller_and_keras_still_reads_it(make_cfg, client, tmp_path):
+    """gzip+shuffle for the weights file, lzf with a chunk size for the whole-model .h5: both verify."""
+    metrics = run(
+        make_cfg(
+            "data=digits", "training.epochs=2", "checkpoint=none", "save=[weights,h5]",
+            "save.weights.compression=gzip", "save.weights.compression_level=9", "save.weights.shuffle=true",
+            "save.h5.compression=lzf", "save.h5.chunk_kib=16",
+        )
+    )
+
+    assert metrics["weights/verified"] == metrics["h5/verified"] == 1.0  # Keras's own loaders read both
+    weights = tmp_path / "job" / "saved" / "weights" / "model.weights.h5"
+    with h5py.File(weights) as f:
+        kernel = f["layers/dense/vars/0"]
+        assert (kernel.compression, kernel.compression_opts, kernel.shuffle) == ("gzip", 9, True)
+    with h5py.File(tmp_path / "job" / "saved" / "h5" / "model.h5") as f:
+        kernel = f["model_weights/hidden/mlp/hidden/kernel"]
+        assert kernel.compression == "lzf" and kernel.chunks[0] * kernel.shape[1] * 4 <= 16 * 1024
+    info = inspect_artifact(weights)
+    assert info["stored_bytes"] < info["raw_bytes"]  # the optimizer's zero moments for blank pixels compress well
+    assert metrics["weights/bytes_vs_raw"] < 1.0
+    verify_report = (tmp_path / "job" / "reports" / "verify.md").read_text()
+    assert "| x raw |" in verify_report
+    assert only_run(client).info.status == "FINISHED"
+
+
+def test_compression_is_refused_for_formats_that_are_not_hdf5(make_cfg):
+    from pipeline.config import validate
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="save.keras: compression and chunk_kib apply only to the HDF5 formats: h5, weights"):
+        validate(make_cfg("save=[keras]", "save.keras.compression=gzip"))
+
+
+# --- trust ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lambda_model(tmp_path_factory):
+    """A model with a Python lambda in it, saved as .keras and .h5: code that would run on load."""
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Lambda(lambda x: x * 2.0, name="doubler")(inputs)))
+    model.compile(optimizer="adam", loss=keras.losses.MeanSquaredError())
+    folder = tmp_path_factory.mktemp("lambda")
+    for name in ("keras", "h5"):
+        FORMATS[name].save(model, folder / f"model{FORMATS[name].suffix}")
+    return folder, model
+
+
+@pytest.mark.parametrize("name", ["keras", "h5"])
+def test_code_in_a_model_is_refused_unless_trusted(name, lambda_model):
+    folder, model = lambda_model
+    path = folder / f"model{FORMATS[name].suffix}"
+
+    with pytest.raises(ArtifactError, match=r"contains Python code \(Lambda layer 'doubler'\).*set verify.trust=true or pass --trust"):
+        load(FORMATS[name], path, LoadContext(fresh_model=fresh_mlp, safe_mode=True))
+
+    x = np.ones((3, 4), dtype="float32")
+    trusted = load(FORMATS[name], path, LoadContext(fresh_model=fresh_mlp, safe_mode=False))
+    np.testing.assert_allclose(trusted.predict(x), model.predict(x, verbose=0), atol=1e-6)
+    assert inspect_artifact(path)["code"] == ["Lambda layer 'doubler'"]
+
+
+def test_inspect_load_refuses_code_and_trust_lets_it_load(lambda_model, capsys):
+    folder, _ = lambda_model
+
+    assert main([str(folder / "model.keras"), "--load"]) == 1
+    assert "safe_mode refuses" in capsys.readouterr().err
+    text = inspect_text(capsys, folder / "model.keras", "--load", "--trust")
+    assert "loaded: class Functional" in text
+
+
+def test_missing_custom_class_is_named_with_how_to_provide_it(tmp_path):
+    """In a fresh process the class is unknown until its module is imported, which --import does."""
+    script = (
+        "import sys, keras; sys.path.insert(0, sys.argv[2]); import custom_layer; "
+        "m = keras.Sequential([keras.Input((3,)), custom_layer.Shift(2.0), keras.layers.Dense(1)]); "
+        "m.compile(optimizer='adam', loss=keras.losses.MeanSquaredError()); m.save(sys.argv[1])"
+    )
+    path = tmp_path / "shifted.keras"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    subprocess.run([sys.executable, "-c", script, str(path), str(PROJECT / "tests")], check=True, env=env, capture_output=True)
+
+    refused = subprocess.run([sys.executable, "-m", "pipeline.inspect", str(path), "--load"], capture_output=True, text=True, env=env)
+    assert refused.returncode == 1
+    error_lines = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines == [
+        f"error: {path} uses the custom class tests_custom>Shift, which is not registered in this process: import the module that defines it "
+        "(decorated with @keras.saving.register_keras_serializable) before loading, e.g. `python -m pipeline.inspect PATH --load --import your.module`"
+    ]
+    assert "Traceback" not in refused.stderr
+
+    loaded = subprocess.run(
+        [sys.executable, "-m", "pipeline.inspect", str(path), "--load", "--import", "custom_layer"],
+        capture_output=True, text=True, env={**env, "PYTHONPATH": f"{PROJECT}{os.pathsep}{PROJECT / 'tests'}"},
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert "custom classes: tests_custom>Shift" in loaded.stdout and "loaded: class Sequential" in loaded.stdout
+
+
+# --- damaged files ------------------------------------------------------------------------------
+
+
+def damage(data: bytes, how: str, draw) -> bytes:
+    if how == "truncate":
+        return data[: draw(st.integers(0, max(0, len(data) - 1)))]
+    if how == "random":
+        return draw(st.binary(max_size=300))
+    flipped = bytearray(data)
+    for _ in range(draw(st.integers(1, 16))):
+        flipped[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(flipped)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(sorted(FORMATS)), how=st.sampled_from(["truncate", "random", "flip"]), data=st.data())
+def test_damaged_files_give_only_clear_errors(name, how, data, saved, tmp_path_factory):
+    """Truncated, random and bit-flipped bytes in any file of any format: the loaders and the
+    inspector either read it or raise the project's ArtifactError; nothing else escapes."""
+    copy = tmp_path_factory.mktemp("damaged") / saved[name].name
+    if saved[name].is_dir():
+        shutil.copytree(saved[name], copy)
+    else:
+        shutil.copy(saved[name], copy)
+    files = sorted(p for p in ([copy] if copy.is_file() else copy.rglob("*")) if p.is_file())
+    victim = data.draw(st.sampled_from(files))
+    victim.write_bytes(damage(victim.read_bytes(), how, data.draw))
+
+    for attempt in (lambda: load(FORMATS[name], copy, LoadContext(fresh_model=fresh_mlp)).predict(np.zeros((2, INPUTS), "float32")), lambda: inspect_artifact(copy)):
+        try:
+            attempt()
+            event("read despite the damage")
+        except ArtifactError as error:
+            event("refused with ArtifactError")
+            assert str(copy) in str(error) and "\n" not in str(error)
