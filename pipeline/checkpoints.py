@@ -95,6 +95,12 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         elif policy is CheckpointPolicy.best_only and self._improved(logs or {}):
             self._write(epoch=completed)
 
+    def weights_file_at(self, step: int) -> Optional[Path]:
+        """The Keras weights file written at this training step, if any: the bytes a training-state backup would write."""
+        if self.latest is not None and self.latest.step == step and self.format is FORMATS["weights"]:
+            return self.latest.path
+        return None
+
     def state(self) -> dict:
         """What a resumed run needs to carry on the same policy: the best value so far."""
         return {"checkpoint_best": self._best}

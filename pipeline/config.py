@@ -183,6 +183,10 @@ class TrainingConfig:
     batch_size: int = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     verbose: int = 1  # Keras's fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
+    # Keras's "mixed_bfloat16" policy: bf16 compute, float32 weights. Faster on a CPU with
+    # AVX512_BF16 (benchmarks/run.py measures it); off by default, as the tutorial trains in float32.
+    # (XLA's jit_compile was measured too, and was 2-7x slower here, so it is not offered.)
+    mixed_precision: bool = False
 
     def check(self) -> None:
         _require(self.epochs >= 1, f"training.epochs must be at least 1 (got {self.epochs})")

@@ -95,6 +95,15 @@ def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def hard_linked(source: Path, link: Path) -> bool:
+    """Give `source`'s bytes a second name, unless the file system cannot."""
+    try:
+        os.link(source, link)
+    except OSError:
+        return False
+    return True
+
+
 def unwritable(folder: Path) -> Optional[str]:
     """Why `folder` cannot be created or written to, or None if it can."""
     existing = folder.absolute()

@@ -2,16 +2,18 @@
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # after choosing the non-interactive backend
-
 
 def plot_training_curves(history: dict[str, list[float]], path: Path, title: str) -> Path:
-    """Loss and every other metric, each training curve beside its validation curve."""
+    """Loss and every other metric, each training curve beside its validation curve.
+
+    Drawn on a bare Figure, not pyplot's global state, so it can run on the tracking
+    thread; matplotlib is imported here, where it costs that thread, not the job, its half second.
+    """
+    from matplotlib.figure import Figure
+
     names = [k for k in history if not k.startswith("val_") and k != "learning_rate"]
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    fig = Figure(figsize=(5 * len(names), 4))
+    axes = fig.subplots(1, len(names), squeeze=False)
     epochs = range(1, len(history[names[0]]) + 1)
     for ax, name in zip(axes[0], names):
         ax.plot(epochs, history[name], marker="o", label="train")
@@ -24,5 +26,4 @@ def plot_training_curves(history: dict[str, list[float]], path: Path, title: str
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

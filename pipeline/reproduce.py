@@ -22,7 +22,7 @@ from pipeline.errors import PipelineError
 from pipeline.paths import command_line_tracking_uri
 
 # Wall-clock and on-disk sizes vary between runs of the same computation.
-NOT_COMPARED = ("_seconds", "/file_bytes")
+NOT_COMPARED = ("_seconds", "/file_bytes", "/bytes_vs_raw")
 
 
 def comparable(metrics: dict) -> dict:

@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.formats import FORMATS, atomic_path
+from pipeline.paths import hard_linked
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,16 @@ def training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, f
 
     Keras's own shuffling draws from one generator for the whole fit, so a resumed
     run would see different batches; here epoch e's order depends only on (seed, e).
+    Each epoch is one gather into a shuffled copy, then plain slices: cheaper per
+    step than a shuffle buffer or a gather per batch. Batches are prepared ahead.
     """
     import tensorflow as tf
 
-    examples = tf.data.Dataset.from_tensor_slices((x, y))
+    features, labels = tf.constant(x), tf.constant(y)
 
-    def one_epoch(epoch):
-        return examples.shuffle(len(x), seed=epoch_seed(seed, 0) + epoch, reshuffle_each_iteration=False).batch(batch_size)
+    def one_epoch(epoch):  # a stateless shuffle: the order is a function of (seed, epoch) alone, whatever the global seed
+        order = tf.random.experimental.stateless_shuffle(tf.range(len(x), dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices((tf.gather(features, order), tf.gather(labels, order))).batch(batch_size)
 
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
@@ -79,20 +83,26 @@ class TrainingBackup(keras.callbacks.Callback):
         directory: the run's `resume/` folder.
         run_id: the MLflow run to continue logging into.
         extra_state: returns more JSON-able state to keep (the checkpoint policy's best value).
+        written_at: returns a weights file already written at a training step, if any,
+            to hard-link instead of writing the same bytes again.
     """
 
-    def __init__(self, directory: Path, run_id: str, extra_state: Callable[[], dict]):
+    def __init__(self, directory: Path, run_id: str, extra_state: Callable[[], dict], written_at: Callable[[int], Optional[Path]]):
         super().__init__()
         self.directory = directory
         self.run_id = run_id
         self.extra_state = extra_state
+        self.written_at = written_at
 
     def on_epoch_end(self, epoch, logs=None):
         completed = epoch + 1
+        step = int(self.model.optimizer.iterations.numpy())
         weights = self.directory / f"epoch-{completed:04d}{WEIGHTS.suffix}"
+        same = self.written_at(step)
         with atomic_path(weights) as temporary:
-            WEIGHTS.save(self.model, temporary)
-        state = {"epoch": completed, "step": int(self.model.optimizer.iterations.numpy()), "run_id": self.run_id, **self.extra_state()}
+            if same is None or not hard_linked(same, temporary):
+                WEIGHTS.save(self.model, temporary)
+        state = {"epoch": completed, "step": step, "run_id": self.run_id, **self.extra_state()}
         with atomic_path(weights.with_suffix("").with_suffix(".json")) as temporary:
             temporary.write_text(json.dumps(state))
         for old in saved_states(self.directory)[KEEP:]:

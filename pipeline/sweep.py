@@ -165,15 +165,13 @@ def to_markdown(rows: list[dict]) -> str:
 
 def comparison_figure(rows: list[dict]):
     """Accuracy per job, and file size and load time per job and format."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure
 
     jobs = [r["job"] or r["run_id"][:8] for r in rows]
     formats = sorted({k.split("/")[0] for r in rows for k in r if k.endswith("/verified")}, key=list(FORMATS).index)
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5 + 0.15 * len(jobs)))
+    fig = Figure(figsize=(18, 5 + 0.15 * len(jobs)))
+    axes = fig.subplots(1, 3)
     y = np.arange(len(jobs))
     accuracy = [r["trained_accuracy"] or 0.0 for r in rows]
     colours = ["tab:blue" if r["status"] == "FINISHED" else "tab:red" for r in rows]

@@ -10,50 +10,28 @@ import logging
 import sys
 from pathlib import Path
 
-from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from omegaconf import OmegaConf
 
 from pipeline.config import TrackingConfig
 from pipeline.errors import PipelineError
 from pipeline.paths import RunPaths, command_line_tracking_uri
-from pipeline.tracking import JOURNAL, connect, read_journal
-
-BATCH = 500
+from pipeline.tracking import JOURNAL, connect, journaled, upload_journaled
 
 
 def sync(output_dir: Path, tracking_uri: str) -> str:
     """Upload the folder as a new run; returns its id."""
     paths = RunPaths(output_dir.resolve())
-    journal = read_journal(paths.root / JOURNAL)
-    if not journal or not paths.resolved_config.exists():
+    if not (paths.root / JOURNAL).exists() or not paths.resolved_config.exists():
         raise PipelineError(f"{output_dir} is not a pipeline output folder: it has no {JOURNAL} or config.yaml")
     config = OmegaConf.load(paths.resolved_config)
     client, experiment_id = connect(TrackingConfig(uri=tracking_uri, experiment=config.tracking.experiment), config.paths.root)
 
-    params, tags, metrics, status = {}, {}, [], "FAILED"
-    for entry in journal:
-        if entry["kind"] == "params":
-            params.update(entry["data"])
-        elif entry["kind"] == "tags":
-            tags.update(entry["data"])
-        elif entry["kind"] == "metrics":
-            metrics += [Metric(k, v, entry["timestamp"], entry["step"] or 0) for k, v in entry["data"].items()]
-        elif entry["kind"] == "status":
-            status = entry["data"]["status"]
-    tags = {k: v for k, v in tags.items() if k != "mlflow_model_uri"}  # that model lives in the original store
-    run_id = client.create_run(experiment_id, run_name=tags.get(MLFLOW_RUN_NAME), tags={**tags, "synced_from": str(paths.root)}).info.run_id
-    param_list = [Param(k, str(v)) for k, v in params.items()]
-    for i in range(0, len(param_list), 100):
-        client.log_batch(run_id, params=param_list[i : i + 100])
-    for i in range(0, len(metrics), BATCH):
-        client.log_batch(run_id, metrics=metrics[i : i + BATCH])
-    for path, folder in paths.uploads():
-        if path.is_dir():
-            client.log_artifacts(run_id, str(path), folder)
-        else:
-            client.log_artifact(run_id, str(path), folder or None)
-    client.set_terminated(run_id, status)
+    logged = journaled(paths.root / JOURNAL)
+    logged.tags = {k: v for k, v in logged.tags.items() if k != "mlflow_model_uri"}  # that model lives in the original store
+    run_id = client.create_run(experiment_id, run_name=logged.tags.get(MLFLOW_RUN_NAME), tags={**logged.tags, "synced_from": str(paths.root)}).info.run_id
+    upload_journaled(client, run_id, paths.root, logged)
+    client.set_terminated(run_id, logged.status)
     return run_id
 
 

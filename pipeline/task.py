@@ -84,9 +84,14 @@ def _log_inputs(resolved_cfg: dict, paths: RunPaths, tracker: Tracker) -> None:
     """The config and environment a re-run needs."""
     tracker.log_params(flatten(resolved_cfg))
     paths.resolved_config.write_text(OmegaConf.to_yaml(resolved_cfg))
-    paths.requirements.parent.mkdir(parents=True, exist_ok=True)
-    paths.requirements.write_text(installed_packages())
-    tracker.log_files([paths.resolved_config, paths.requirements])
+    tracker.log_files([paths.resolved_config])
+
+    def record_environment():  # a third of a second of reading package metadata: off the main thread
+        paths.requirements.parent.mkdir(parents=True, exist_ok=True)
+        paths.requirements.write_text(installed_packages())
+        tracker.log_files([paths.requirements])
+
+    tracker.background(record_environment)
     if paths.hydra.is_dir():
         tracker.log_folder(paths.hydra, "hydra")
 
@@ -122,25 +127,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
         data = load_data(settings.data, ARCHITECTURES[settings.model.architecture].layout)
         if not resumed:
             _log_datasets(data, tracker)
-        model = build(settings.model, settings.training.optimizer, data.input_shape, data.num_classes)
+        model = build(settings.model, settings.training, data.input_shape, data.num_classes)
         paths.model_summary.write_text(summary_text(model))
         tracker.log_files([paths.model_summary])
 
         result = fit(model, data, settings, paths, tracker, resuming=resumed is not None)
         tracker.set_tags({"weights_sha256": weights_digest(model)})
         history = tracker.metric_histories(["loss", "accuracy", "val_loss", "val_accuracy"])
-        tracker.log_files([plot_training_curves(history, paths.plots / "training_curves.png", f"{model.name} on {data.name}")])
+        title = f"{model.name} on {data.name}"
+        tracker.background(lambda: tracker.log_files([plot_training_curves(history, paths.plots / "training_curves.png", title)]))
 
         saved = save(model, settings.save, paths, tracker)
-        model_uri = tracker.log_keras_model(model, data.x_test[:8], settings.registry.name, settings.registry.alias)
-        if model_uri:
-            log.info("mlflow  | logged the model as %s%s", model_uri, f", registered as {settings.registry.name}@{settings.registry.alias}" if settings.registry.name else "")
+        tracker.log_keras_model(model, data.x_test[:8], settings.registry.name, settings.registry.alias)
         report = reload_verify(
             model,
             data,
             saved,
             result.checkpoint,
-            lambda: build_model(settings.model, settings.training.optimizer, data.input_shape, data.num_classes),
+            lambda: build_model(settings.model, settings.training.optimizer, data.input_shape, data.num_classes, settings.training.mixed_precision),
             settings,
             paths,
             tracker,

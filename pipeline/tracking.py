@@ -4,21 +4,26 @@ A run is always ended: FINISHED on success, FAILED with the error as a tag and
 the traceback as an artifact otherwise, so no run is left RUNNING.
 """
 
+import itertools
 import json
 import logging
 import platform
+import shutil
 import sqlite3
 import subprocess
+import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import mlflow
 import requests
-from mlflow.entities import DatasetInput, InputTag, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
@@ -27,16 +32,22 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.config import Config, TrackingConfig
 from pipeline.errors import PipelineError
-from pipeline.paths import default_tracking_uri, sqlite_artifact_location, unwritable
+from pipeline.paths import RunPaths, default_tracking_uri, hard_linked, sqlite_artifact_location, unwritable
 
 log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 JOURNAL = "tracking_journal.jsonl"
+STAGING = ".uploading"  # files queued for upload, hard-linked as they were when queued
 
 
 class Tracker:
     """Logging calls for one run, with paths relative to the job's output folder.
+
+    Every call to the tracking store runs on one background thread, in the order it
+    was made, so uploads and logging never hold up a training step; `flush` waits for
+    them. Files are hard-linked into a staging folder when queued, so a checkpoint that
+    is rotated away before its upload still arrives as it was.
 
     Every param, metric and tag also goes to a journal in the output folder. If the
     tracking server goes away mid-run, the job carries on locally and ends with an
@@ -49,14 +60,30 @@ class Tracker:
         self.output_dir = output_dir
         self.journal = output_dir / JOURNAL
         self.lost: Optional[str] = None  # why the tracking server stopped answering
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-upload")
+        self._journal_lock = threading.Lock()
+        self._staged = itertools.count()
+        self._submitted = 0  # work queued so far, some of it queued by other queued work
+
+    def _submit(self, call: Callable[[], Any]) -> None:
+        self._submitted += 1
+        self._worker.submit(self._logged, call)
 
     def record(self, kind: str, data: dict, step: Optional[int] = None) -> None:
         entry = {"kind": kind, "data": data, "step": step, "timestamp": int(time.time() * 1000)}
-        with self.journal.open("a") as journal:
+        with self._journal_lock, self.journal.open("a") as journal:
             journal.write(json.dumps(entry) + "\n")
 
-    def remote(self, action: str, call: Callable[[], Any]) -> Any:
-        """Run one call to the tracking store; after the first failure, skip them all."""
+    def background(self, call: Callable[[], Any]) -> None:
+        """Queue local work (a plot, a file) that has to happen in order with the uploads."""
+        self._submit(call)
+
+    def remote(self, action: str, call: Callable[[], Any]) -> None:
+        """Queue one call to the tracking store; after the first failure, skip them all."""
+        self._submit(lambda: self.now(action, call))
+
+    def now(self, action: str, call: Callable[[], Any]) -> Any:
+        """Make one call to the tracking store in this thread, unless the store is lost."""
         if self.lost is not None:
             return None
         try:
@@ -65,6 +92,26 @@ class Tracker:
             self.lost = f"{action} failed: {str(error).splitlines()[0]}"
             log.error("mlflow  | lost the tracking store at %s (%s); carrying on, everything stays in %s", self.client.tracking_uri, self.lost, self.output_dir)
             return None
+
+    @staticmethod
+    def _logged(call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except Exception:  # a bug in background work must not vanish with its thread
+            log.exception("mlflow  | background work failed")
+
+    def flush(self) -> None:
+        """Wait until everything queued is done, including what queued work queued in turn."""
+        while True:
+            submitted = self._submitted
+            self._worker.submit(lambda: None).result()
+            if self._submitted == submitted:
+                return
+
+    def close(self) -> None:
+        self.flush()
+        self._worker.shutdown(wait=True)
+        shutil.rmtree(self.output_dir / STAGING, ignore_errors=True)
 
     def log_params(self, params: dict) -> None:
         self.record("params", params)
@@ -88,46 +135,68 @@ class Tracker:
         return {name: steps[max(steps)] for name, steps in read_metrics(self.journal).items()}
 
     def log_files(self, paths: Iterable[Path]) -> None:
-        """Upload files, each under the artifact folder that mirrors its place on disk."""
+        """Upload files, each under the artifact folder that mirrors its place on disk, as they are now."""
         for path in paths:
             folder = path.parent.relative_to(self.output_dir).as_posix()
-            self.remote(f"uploading {path.name}", lambda: self.client.log_artifact(self.run_id, str(path), None if folder == "." else folder))
+            staged = self.output_dir / STAGING / str(next(self._staged)) / path.name
+            staged.parent.mkdir(parents=True)
+            if not hard_linked(path, staged):
+                shutil.copy2(path, staged)
+
+            def upload(staged=staged, folder=folder):
+                self.now(f"uploading {staged.name}", lambda: self.client.log_artifact(self.run_id, str(staged), None if folder == "." else folder))
+                shutil.rmtree(staged.parent, ignore_errors=True)
+
+            self._submit(upload)
 
     def log_dataset(self, features, targets, name: str, source: str, context: str) -> None:
         """Record a dataset as an MLflow input: its name, source, shape and content digest."""
-        dataset = mlflow.data.from_numpy(features, targets=targets, source=source, name=name)
-        entity = DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
-        self.remote("logging a dataset", lambda: self.client.log_inputs(self.run_id, [entity]))
 
-    def log_keras_model(self, model, x_sample, registered_name: Optional[str], alias: str) -> Optional[str]:
+        def log_input():
+            dataset = mlflow.data.from_numpy(features, targets=targets, source=source, name=name)
+            entity = DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+            try:
+                self.client.log_inputs(self.run_id, [entity])
+            except MlflowException:  # a parallel job stored the same dataset between MLflow's lookup and insert
+                self.client.log_inputs(self.run_id, [entity])  # now the lookup finds it
+
+        self.remote("logging a dataset", log_input)
+
+    def log_keras_model(self, model, x_sample, registered_name: Optional[str], alias: str) -> None:
         """Log the model with MLflow's Keras flavor, so `mlflow.pyfunc.load_model` and
         `mlflow models serve` work on it; register it and set `alias` when a name is given.
 
         The signature is inferred from real inputs and outputs; MLflow 3.17's Keras flavor
         fails with `input_example`. Requirements are pinned from this environment rather
-        than inferred, which would load the model again in a subprocess.
+        than inferred, which would load the model again in a subprocess. `Model.log` is
+        what `mlflow.keras.log_model` calls, with the run given explicitly, since the
+        active run belongs to the main thread.
         """
         import keras
         import mlflow.keras
         import tensorflow as tf
-        from mlflow.models import infer_signature
+        from mlflow.models import Model, infer_signature
+
+        signature = infer_signature(x_sample, model.predict(x_sample, verbose=0))
 
         def log_model():
-            info = mlflow.keras.log_model(
-                model,
+            info = Model.log(
+                artifact_path=None,
                 name="model",
-                signature=infer_signature(x_sample, model.predict(x_sample, verbose=0)),
+                flavor=mlflow.keras,
+                model=model,
+                signature=signature,
                 pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
                 registered_model_name=registered_name,
+                run_id=self.run_id,
             )
             if registered_name:
                 self.client.set_registered_model_alias(registered_name, alias, info.registered_model_version)
-            return info.model_uri
+            self.set_tags({"mlflow_model_uri": info.model_uri})
+            registered = f", registered as {registered_name}@{alias}" if registered_name else ""
+            log.info("mlflow  | logged the model as %s%s", info.model_uri, registered)
 
-        model_uri = self.remote("logging the MLflow model", log_model)
-        if model_uri:
-            self.set_tags({"mlflow_model_uri": model_uri})
-        return model_uri
+        self.remote("logging the MLflow model", log_model)
 
     def log_folder(self, folder: Path, artifact_path: Optional[str] = None) -> None:
         if artifact_path is None:
@@ -149,6 +218,54 @@ def read_journal(journal: Path) -> list[dict]:
     if not journal.exists():
         return []
     return [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Journaled:
+    """Everything a job's journal says it logged."""
+
+    params: dict
+    tags: dict
+    metrics: list[Metric]
+    status: str  # the last status recorded; FAILED if the job never ended
+
+
+def journaled(journal: Path) -> Journaled:
+    found = Journaled({}, {}, [], "FAILED")
+    for entry in read_journal(journal):
+        if entry["kind"] == "params":
+            found.params.update(entry["data"])
+        elif entry["kind"] == "tags":
+            found.tags.update(entry["data"])
+        elif entry["kind"] == "metrics":
+            found.metrics += [Metric(k, v, entry["timestamp"], entry["step"] or 0) for k, v in entry["data"].items()]
+        elif entry["kind"] == "status":
+            found.status = entry["data"]["status"]
+    return found
+
+
+def upload_journaled(client: MlflowClient, run_id: str, output_dir: Path, logged: Journaled) -> None:
+    """Log params, tags and metrics in batches, then upload the job's artifacts (overwriting any already there)."""
+    params = [Param(k, str(v)) for k, v in logged.params.items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i : i + 100])
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in logged.tags.items()])
+    for i in range(0, len(logged.metrics), 500):
+        client.log_batch(run_id, metrics=logged.metrics[i : i + 500])
+    for path, folder in RunPaths(output_dir).uploads():
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), folder)
+        else:
+            client.log_artifact(run_id, str(path), folder or None)
+
+
+def catch_up(client: MlflowClient, run_id: str, output_dir: Path) -> None:
+    """Log what an interrupted session journaled but had not yet sent when it was killed."""
+    logged = journaled(output_dir / JOURNAL)
+    sent = {(m.key, m.step) for key in {m.key for m in logged.metrics} for m in client.get_metric_history(run_id, key)}
+    logged.metrics = [m for m in logged.metrics if (m.key, m.step) not in sent]
+    logged.tags = {}  # the resumed session sets its own
+    upload_journaled(client, run_id, output_dir, logged)
 
 
 def git_state() -> dict:
@@ -235,6 +352,7 @@ def tracked_run(client: MlflowClient, experiment_id: str, settings: Config, outp
     if resume_run_id is None:
         tracker.record("tags", tags)  # already on the new run
     else:
+        tracker.now("catching up the interrupted session", lambda: catch_up(client, run_id, output_dir))
         tracker.set_tags(tags)  # this session's pid, overrides and versions
     log.info("mlflow  | %s run %s in experiment %r at %s", "resumed" if resume_run_id else "new", run_id, settings.tracking.experiment, client.tracking_uri)
     try:
@@ -242,7 +360,8 @@ def tracked_run(client: MlflowClient, experiment_id: str, settings: Config, outp
     except BaseException as error:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         tracker.set_tags({"error": f"{type(error).__name__}: {error}"[:5000]})
-        tracker.remote("logging the traceback", lambda: client.log_text(run_id, traceback.format_exc(), "error/traceback.txt"))
+        trace = traceback.format_exc()
+        tracker.remote("logging the traceback", lambda: client.log_text(run_id, trace, "error/traceback.txt"))
         _end(tracker, status)
         log.error("mlflow  | run %s marked %s; outputs kept in %s", run_id, status, output_dir)
         raise
@@ -255,7 +374,9 @@ def tracked_run(client: MlflowClient, experiment_id: str, settings: Config, outp
 
 
 def _end(tracker: Tracker, status: str) -> None:
+    """Wait for every queued upload, then end the run (in this thread, which holds it as active)."""
     tracker.record("status", {"status": status})
-    tracker.remote("ending the run", lambda: mlflow.end_run(status))
+    tracker.close()
+    tracker.now("ending the run", lambda: mlflow.end_run(status))
     if tracker.lost:  # the server is gone, so end_run could not pop the run: forget it locally
         mlflow.tracking.fluent._active_run_stack.get().clear()

@@ -14,6 +14,7 @@ from pipeline.formats import FORMATS, LoadContext
 from pipeline.stages.build import build_model
 from pipeline.stages.reload_verify import Check, Reference, verify_artifact
 from pipeline.task import run
+from pipeline.trust import saved_config
 
 ALL_FORMATS = list(FORMATS)
 QUICK = ["data=digits", "training.epochs=2", "data.train_size=256", "data.test_size=128"]
@@ -113,3 +114,12 @@ def test_format_that_does_not_round_trip_fails_the_run(forgetful_architecture, m
     assert not by_name["keras"]["ok"] and by_name["keras"]["max_abs_diff"] > 1e-3
     assert by_name["weights"]["ok"]  # weights go into a freshly built model that has the right scale
     assert "reports/verify.json" in {f.path for f in client.list_artifacts(mlflow_run.info.run_id, "reports")}
+
+
+def test_bf16_option_trains_and_round_trips(make_cfg, tmp_path):
+    metrics = run(make_cfg(*QUICK, "training.mixed_precision=true", "save=[keras,weights]", "checkpoint=none"))
+
+    assert metrics["keras/verified"] == metrics["weights/verified"] == 1.0
+    assert metrics["trained_accuracy"] > 0.5
+    assert '"mixed_bfloat16"' in json.dumps(saved_config(tmp_path / "job" / "saved" / "keras" / "model.keras"))
+

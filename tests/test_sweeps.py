@@ -32,9 +32,9 @@ def report(client: MlflowClient, parent, tmp_path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])
-def test_grid_sweep_is_one_parent_with_a_run_per_job(launcher, tmp_path):
-    result = run_cli("-m", *SMALL, *launcher, "model=mlp,cnn", "save=[keras],[h5,weights]", cwd=tmp_path)
+def test_grid_sweep_in_parallel_is_one_parent_with_a_run_per_job(tmp_path):
+    """Through joblib's worker processes; the other sweep tests use the basic launcher."""
+    result = run_cli("-m", *SMALL, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp,cnn", "save=[keras],[h5,weights]", cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "database is locked" not in output
@@ -45,9 +45,8 @@ def test_grid_sweep_is_one_parent_with_a_run_per_job(launcher, tmp_path):
     assert sorted(c.info.run_name for c in children) == ["model=cnn,save=[h5,weights]", "model=cnn,save=[keras]", "model=mlp,save=[h5,weights]", "model=mlp,save=[keras]"]
     assert parent.data.params["sweep.jobs"] == "4"
     assert "model=mlp,cnn" in parent.data.params["sweep.overrides"] and "save=[keras],[h5,weights]" in parent.data.params["sweep.overrides"]
-    if launcher:
-        assert len({c.data.tags["pid"] for c in children}) == 2  # two worker processes shared the four jobs
-        assert "Joblib" in parent.data.params["sweep.launcher"]
+    assert len({c.data.tags["pid"] for c in children}) == 2  # two worker processes shared the four jobs
+    assert "Joblib" in parent.data.params["sweep.launcher"]
 
     rows = report(client, parent, tmp_path)
     assert sorted(r["job"] for r in rows) == sorted(c.info.run_name for c in children)

@@ -9,16 +9,21 @@ from pathlib import Path
 import keras
 
 from pipeline.architectures import ARCHITECTURES
-from pipeline.config import ModelConfig, OptimizerConfig
+from pipeline.config import ModelConfig, OptimizerConfig, TrainingConfig
 from pipeline.errors import ArtifactError
 from pipeline.formats import tf_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-def build_model(model_cfg: ModelConfig, optimizer_cfg: OptimizerConfig, input_shape: tuple, num_classes: int) -> keras.Model:
+def build_model(model_cfg: ModelConfig, optimizer_cfg: OptimizerConfig, input_shape: tuple, num_classes: int, mixed_precision: bool = False) -> keras.Model:
     """A compiled, untrained model: used for training and as the fresh model that loaders fill."""
-    model = ARCHITECTURES[model_cfg.architecture].build(model_cfg, input_shape, num_classes)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if mixed_precision else "float32")  # read as each layer is made
+    try:
+        model = ARCHITECTURES[model_cfg.architecture].build(model_cfg, input_shape, num_classes)
+    finally:
+        keras.config.set_dtype_policy(previous)
     model.compile(
         optimizer=keras.optimizers.get({"class_name": optimizer_cfg.name, "config": {"learning_rate": optimizer_cfg.learning_rate}}),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -64,9 +69,11 @@ def load_initial_weights(model: keras.Model, path: Path) -> None:
         raise ArtifactError(f"{key}: {path} is not a readable checkpoint (truncated or corrupt?): {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from error
 
 
-def build(model_cfg: ModelConfig, optimizer_cfg: OptimizerConfig, input_shape: tuple, num_classes: int) -> keras.Model:
-    model = build_model(model_cfg, optimizer_cfg, input_shape, num_classes)
-    log.info("build   | %s: %s parameters, %s(learning_rate=%g)", model.name, f"{model.count_params():,}", optimizer_cfg.name, optimizer_cfg.learning_rate)
+def build(model_cfg: ModelConfig, training: TrainingConfig, input_shape: tuple, num_classes: int) -> keras.Model:
+    optimizer_cfg = training.optimizer
+    model = build_model(model_cfg, optimizer_cfg, input_shape, num_classes, training.mixed_precision)
+    precision = ", mixed_bfloat16" if training.mixed_precision else ""
+    log.info("build   | %s: %s parameters, %s(learning_rate=%g)%s", model.name, f"{model.count_params():,}", optimizer_cfg.name, optimizer_cfg.learning_rate, precision)
     if model_cfg.init_weights:
         path = Path(model_cfg.init_weights).expanduser().resolve()
         load_initial_weights(model, path)

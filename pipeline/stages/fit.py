@@ -79,7 +79,14 @@ def fit(model: keras.Model, data: Dataset, settings: Config, paths: RunPaths, tr
     # Metrics after the callbacks that add to the logs (learning_rate); the backup last, so a
     # kill between the two repeats an epoch's metrics (with the same values) rather than losing them.
     callbacks.append(MlflowMetrics(tracker))
-    callbacks.append(TrainingBackup(paths.resume, tracker.run_id, extra_state=checkpoint.state if checkpoint else dict))
+    callbacks.append(
+        TrainingBackup(
+            paths.resume,
+            tracker.run_id,
+            extra_state=checkpoint.state if checkpoint else dict,
+            written_at=checkpoint.weights_file_at if checkpoint else lambda step: None,
+        )
+    )
 
     epochs, batch_size = settings.training.epochs, settings.training.batch_size
     if first_epoch < epochs:

@@ -1,0 +1,387 @@
+"""The pipeline's cost against plain Keras doing the same work, measured in one run.
+
+    python benchmarks/run.py [--repeats 3] [--sections tutorial,throughput,formats,sweeps]
+                             [--out outputs/benchmarks] [--mlflow] [--tiny]
+
+1. tutorial:   benchmarks/plain_keras.py against `python -m pipeline` on the tutorial's work,
+               saved as .keras, .h5 and SavedModel and reloaded; whole process and work after imports.
+2. throughput: one epoch of full MNIST at batch 32 and 256, the pipeline's fit stage (a checkpoint
+               every epoch, MLflow logging) against plain `model.fit`; FLOP/s against a matmul peak.
+3. formats:    save and load seconds and bytes on disk per format, for the tutorial's model and
+               one about 50x larger, against the raw bytes of the weights plus optimizer state.
+4. sweeps:     8 jobs through Hydra's basic launcher against the joblib launcher: jobs per minute.
+
+Plain Keras (A) and the pipeline (B) alternate, each is repeated, and the tables give
+medians and B/A ratios. They are printed as Markdown, written to OUT/results.md and, with
+--mlflow, logged to an MLflow run. --tiny shrinks every workload so the tests can check the
+script end to end in seconds; its numbers mean nothing.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)  # the headline numbers, for MLflow
+
+    def markdown(self) -> str:
+        def cell(value) -> str:
+            if isinstance(value, float):
+                return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+            return f"{value:,}" if isinstance(value, int) else str(value)
+
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
+        lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows]
+        return "\n".join(lines + [""] + self.notes) + "\n"
+
+
+@dataclass
+class Sizes:
+    """The workloads: the issue's by default, a few seconds' worth with --tiny."""
+
+    tutorial_examples: int = 1000
+    tutorial_epochs: int = 10
+    throughput_train: int = 60000
+    throughput_test: int = 10000
+    batch_sizes: tuple = (32, 256)
+    hidden_units: tuple = (512, 25600)  # the tutorial's MLP and one 50x its size
+    sweep_jobs: int = 8
+
+    @classmethod
+    def tiny(cls) -> "Sizes":
+        return cls(tutorial_examples=100, tutorial_epochs=2, throughput_train=512, throughput_test=128, batch_sizes=(32,), hidden_units=(16, 800), sweep_jobs=2)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def alternate(repeats: int, a: Callable[[], dict], b: Callable[[], dict]) -> tuple[list[dict], list[dict]]:
+    """Run A, B, A, B, ... so that drift in the machine's speed hits both alike."""
+    results_a, results_b = [], []
+    for _ in range(repeats):
+        results_a.append(a())
+        results_b.append(b())
+    return results_a, results_b
+
+
+def environment() -> dict:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def timed_process(command: list[str], cwd: Path) -> tuple[float, str]:
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, env=environment(), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    return seconds, result.stdout
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import tensorflow as tf
+
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow {tf.__version__}, {platform.system()} {platform.release()}"
+
+
+# --- 1. the tutorial's work -----------------------------------------------------------------------
+
+
+def tutorial(repeats: int, sizes: Sizes, scratch: Path) -> Table:
+    from mlflow import MlflowClient
+
+    n, epochs = sizes.tutorial_examples, sizes.tutorial_epochs
+
+    def plain() -> dict:
+        folder = Path(tempfile.mkdtemp(dir=scratch))
+        seconds, stdout = timed_process([sys.executable, str(PROJECT / "benchmarks" / "plain_keras.py"), str(folder), str(n), str(epochs)], folder)
+        return {"whole": seconds, **json.loads(stdout.strip().splitlines()[-1])}
+
+    # One MLflow store for every pipeline run, as in a project: creating a new store's tables
+    # takes about 2 s once, which is not the cost of a run.
+    project = scratch / "tutorial-project"
+    client = MlflowClient(f"sqlite:///{project / 'outputs' / 'mlflow.db'}")
+    client.search_experiments()
+
+    def pipeline() -> dict:
+        overrides = [f"data.train_size={n}", f"data.test_size={n}", f"training.epochs={epochs}", "save=[keras,h5,savedmodel]", "training.verbose=0"]
+        seconds, _ = timed_process([sys.executable, "-m", "pipeline", *overrides], project)
+        run = client.search_runs([client.get_experiment_by_name("save-and-load").experiment_id], order_by=["attributes.start_time DESC"])[0]
+        return {"whole": seconds, "work_seconds": run.data.metrics["run_seconds"], "restored_accuracy": run.data.metrics["keras/restored_accuracy"]}
+
+    plains, pipelines = alternate(repeats, plain, pipeline)
+    table = Table(
+        f"1. The tutorial's work: {n} MNIST examples, {epochs} epochs, a checkpoint every epoch, saved as .keras, .h5 and SavedModel and reloaded",
+        ["measure", "plain Keras s", "pipeline s", "pipeline / plain", "target"],
+    )
+    for key, label, target in (("work_seconds", "work after imports", 1.10), ("whole", "whole process", 1.25)):
+        a, b = median([r[key] for r in plains]), median([r[key] for r in pipelines])
+        table.rows.append([label, a, b, b / a, f"<= {target:.2f}"])
+        table.metrics[f"tutorial/{key}_ratio"] = b / a
+    table.notes.append(
+        f"Restored accuracy: plain {median([r['restored_accuracy'] for r in plains]):.1%}, pipeline {median([r['restored_accuracy'] for r in pipelines]):.1%}. "
+        f"Medians of {repeats} runs each, alternating."
+    )
+    return table
+
+
+# --- 2. training throughput -----------------------------------------------------------------------
+
+
+def matmul_peak_flops(seconds: float = 2.0) -> float:
+    """FLOP/s of float32 matmuls on this machine, the best of short bursts."""
+    import tensorflow as tf
+
+    n = 1024
+    a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
+    tf.matmul(a, b).numpy()  # warm up
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(10):
+            c = tf.matmul(a, b)
+        c.numpy()
+        best = max(best, 10 * 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def training_flops(model, n_train: int, n_test: int) -> float:
+    """Multiply-adds of the dense kernels: forward 2 FLOPs each, backward 4; validation forward only."""
+    macs = sum(int(w.shape[0]) * int(w.shape[1]) for w in model.trainable_weights if len(w.shape) == 2)
+    return 6.0 * macs * n_train + 2.0 * macs * n_test
+
+
+def throughput(repeats: int, sizes: Sizes, scratch: Path) -> Table:
+    import keras
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import validate
+    from pipeline.paths import RunPaths
+    from pipeline.stages.build import build_model
+    from pipeline.stages.data import load_data
+    from pipeline.stages.fit import fit
+    from pipeline.tracking import connect, tracked_run
+
+    table = Table(
+        f"2. Training throughput: one epoch of {sizes.throughput_train} MNIST examples (validation on {sizes.throughput_test})",
+        ["batch", "plain examples/s", "pipeline examples/s", "pipeline / plain", "target", "plain GFLOP/s", "% of matmul peak"],
+    )
+    peak = matmul_peak_flops(0.5 if sizes.throughput_train < 10000 else 2.0)
+
+    def settings_for(batch_size: int, root: Path):
+        overrides = [
+            f"data.train_size={sizes.throughput_train}", f"data.test_size={sizes.throughput_test}", "training.epochs=1",
+            f"training.batch_size={batch_size}", "training.verbose=0", "checkpoint=every_epoch",
+            f"paths.root={root}", f"paths.output_dir={root / 'job'}", f"tracking.uri=sqlite:///{root / 'mlflow.db'}", "tracking.run_name=throughput",
+        ]  # fmt: skip
+        with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+            return validate(compose("config", overrides=overrides))
+
+    data = load_data(settings_for(32, scratch).data, "flat")
+    for batch_size in sizes.batch_sizes:
+
+        def plain() -> dict:
+            settings = settings_for(batch_size, scratch)
+            keras.utils.set_random_seed(settings.seed)
+            model = build_model(settings.model, settings.training.optimizer, data.input_shape, data.num_classes)
+            start = time.perf_counter()
+            model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=1, validation_data=(data.x_test, data.y_test), verbose=0)
+            return {"seconds": time.perf_counter() - start, "flops": training_flops(model, len(data.x_train), len(data.x_test))}
+
+        def pipeline() -> dict:
+            root = Path(tempfile.mkdtemp(dir=scratch))
+            settings = settings_for(batch_size, root)
+            client, experiment_id = connect(settings.tracking, settings.paths.root)
+            paths = RunPaths(Path(settings.paths.output_dir))
+            paths.root.mkdir(parents=True)
+            with tracked_run(client, experiment_id, settings, paths.root, {}) as tracker:
+                keras.utils.set_random_seed(settings.seed)
+                model = build_model(settings.model, settings.training.optimizer, data.input_shape, data.num_classes)
+                start = time.perf_counter()
+                fit(model, data, settings, paths, tracker, resuming=False)
+                seconds = time.perf_counter() - start
+            return {"seconds": seconds}
+
+        plains, pipelines = alternate(repeats, plain, pipeline)
+        a, b = median([r["seconds"] for r in plains]), median([r["seconds"] for r in pipelines])
+        n = len(data.x_train)
+        flops = plains[0]["flops"] / a
+        table.rows.append([batch_size, n / a, n / b, a / b, ">= 0.97", flops / 1e9, f"{flops / peak:.1%}"])
+        table.metrics[f"throughput/batch{batch_size}_ratio"] = a / b
+    table.notes.append(f"Matmul peak (float32 1024x1024, tf.matmul): {peak / 1e9:.1f} GFLOP/s. Medians of {repeats} epochs each, alternating.")
+    table.notes.append("")
+    table.notes.append(precision_options(repeats, sizes, data, settings_for(32, scratch)).markdown())
+    return table
+
+
+def precision_options(repeats: int, sizes: Sizes, data, settings) -> Table:
+    """training.mixed_precision, and Keras's jit_compile (XLA), against float32, on plain model.fit."""
+    import keras
+
+    from pipeline.stages.build import build_model
+
+    n = min(10000, len(data.x_train))
+    variants = {"float32": (False, False), "mixed_bfloat16": (True, False), "jit_compile (XLA)": (False, True)}
+    table = Table(f"Precision and compilation options: plain model.fit on {n} examples, after a warm-up", ["batch", *variants, "best"])
+    for batch_size in sizes.batch_sizes:
+        models = {}
+        for name, (mixed, jit) in variants.items():
+            keras.utils.set_random_seed(settings.seed)
+            models[name] = build_model(settings.model, settings.training.optimizer, data.input_shape, data.num_classes, mixed)
+            if jit:
+                models[name].jit_compile = True
+            models[name].fit(data.x_train[:1024], data.y_train[:1024], batch_size=batch_size, epochs=1, verbose=0)  # tracing and compiling
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(repeats):  # round robin, like A/B
+            for name, model in models.items():
+                start = time.perf_counter()
+                model.fit(data.x_train[:n], data.y_train[:n], batch_size=batch_size, epochs=1, verbose=0)
+                times[name].append(time.perf_counter() - start)
+        seconds = {name: median(t) for name, t in times.items()}
+        table.rows.append([batch_size, *(f"{n / s:,.0f}/s ({seconds['float32'] / s:.2f}x)" for s in seconds.values()), min(seconds, key=seconds.get)])
+    return table
+
+
+# --- 3. save and load per format ------------------------------------------------------------------
+
+
+def formats(repeats: int, sizes: Sizes, scratch: Path) -> Table:
+    import keras
+    import numpy as np
+
+    from pipeline.config import ModelConfig, OptimizerConfig
+    from pipeline.formats import FORMATS, LoadContext, load, raw_state_bytes
+    from pipeline.paths import disk_bytes
+    from pipeline.stages.build import build_model
+
+    table = Table("3. Save and load per format", ["model", "parameters", "format", "save s", "load s", "bytes on disk", "raw bytes", "disk / raw"])
+    rng = np.random.default_rng(0)
+    for hidden_units in sizes.hidden_units:
+        model_cfg = ModelConfig(architecture="mlp", hidden_units=hidden_units)
+
+        def fresh():
+            return build_model(model_cfg, OptimizerConfig(), (784,), 10)
+
+        keras.utils.set_random_seed(0)
+        model = fresh()
+        model.train_on_batch(rng.random((32, 784), dtype="float32"), rng.integers(0, 10, 32))  # optimizer state exists
+        for name, fmt in FORMATS.items():
+            saves, loads = [], []
+            for _ in range(repeats):
+                path = Path(tempfile.mkdtemp(dir=scratch)) / f"model{fmt.suffix}"
+                start = time.perf_counter()
+                fmt.save(model, path)
+                saves.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                load(fmt, path, LoadContext(fresh_model=fresh))
+                loads.append(time.perf_counter() - start)
+            raw = raw_state_bytes(model, fmt.carries_optimizer)
+            table.rows.append([f"mlp {hidden_units}", model.count_params(), name, median(saves), median(loads), disk_bytes(path), raw, disk_bytes(path) / raw])
+    table.notes.append(f"Raw bytes: the weights, plus the optimizer's variables for the formats that carry them. Medians of {repeats}.")
+    return table
+
+
+# --- 4. sweeps ------------------------------------------------------------------------------------
+
+
+def sweeps(repeats: int, sizes: Sizes, scratch: Path) -> Table:
+    jobs = sizes.sweep_jobs
+    overrides = ["-m", "data=digits", "training.epochs=2", "checkpoint=none", "training.verbose=0", f"seed=range(1,{jobs + 1})"]
+
+    def launcher(extra: list[str]) -> Callable[[], dict]:
+        def sweep() -> dict:
+            folder = Path(tempfile.mkdtemp(dir=scratch))
+            seconds, _ = timed_process([sys.executable, "-m", "pipeline", *overrides, *extra], folder)
+            return {"seconds": seconds}
+
+        return sweep
+
+    repeats = min(repeats, 2)  # a minute a sweep: two of each keeps the whole script within ten minutes
+    basics, joblibs = alternate(repeats, launcher([]), launcher(["hydra/launcher=joblib"]))
+    a, b = median([r["seconds"] for r in basics]), median([r["seconds"] for r in joblibs])
+    table = Table(f"4. Sweeps: {jobs} jobs (digits, 2 epochs)", ["launcher", "seconds", "jobs per minute", "vs basic"])
+    table.rows.append(["basic (one process, in turn)", a, jobs * 60 / a, 1.0])
+    table.rows.append([f"joblib ({os.cpu_count()} worker processes)", b, jobs * 60 / b, a / b])
+    table.metrics.update({"sweeps/basic_jobs_per_minute": jobs * 60 / a, "sweeps/joblib_jobs_per_minute": jobs * 60 / b})
+    table.notes.append(f"Whole command, including each worker's start-up. Medians of {repeats}, alternating.")
+    return table
+
+
+SECTION_RUNNERS: dict[str, Callable[[int, Sizes, Path], Table]] = {"tutorial": tutorial, "throughput": throughput, "formats": formats, "sweeps": sweeps}
+
+
+def log_to_mlflow(tables: list[Table], results: Path, tracking_uri: str, params: dict) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("benchmarks")
+    with mlflow.start_run(run_name=f"benchmarks {time.strftime('%Y-%m-%d %H:%M')}") as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics({k: v for t in tables for k, v in t.metrics.items()})
+        mlflow.log_artifact(str(results))
+    return run.info.run_id
+
+
+def main(argv=None) -> int:
+    from pipeline.paths import command_line_tracking_uri
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side per comparison (default 3)")
+    parser.add_argument("--sections", default=",".join(SECTION_RUNNERS), help=f"comma-separated, from: {', '.join(SECTION_RUNNERS)}")
+    parser.add_argument("--out", type=Path, default=PROJECT / "outputs" / "benchmarks", help="where results.md goes")
+    parser.add_argument("--mlflow", action="store_true", help="log the results to an MLflow run in experiment 'benchmarks'")
+    parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else outputs/mlflow.db")
+    parser.add_argument("--tiny", action="store_true", help="tiny workloads, to check the script itself")
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SECTION_RUNNERS))
+    if unknown or args.repeats < 1:
+        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTION_RUNNERS)}" if unknown else "--repeats must be at least 1")
+
+    sizes = Sizes.tiny() if args.tiny else Sizes()
+    started = time.perf_counter()
+    tables = []
+    with tempfile.TemporaryDirectory(prefix="pipeline-benchmarks-") as scratch:
+        for name in chosen:
+            print(f"benchmark | {name} ...", file=sys.stderr, flush=True)
+            tables.append(SECTION_RUNNERS[name](args.repeats, sizes, Path(scratch)))
+            print(tables[-1].markdown(), flush=True)
+    header = f"## Benchmarks\n\nMachine: {machine()}. Run {time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s in all" + (" (--tiny: not meaningful)" if args.tiny else "") + ".\n\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.md"
+    results.write_text(header + "\n".join(t.markdown() for t in tables))
+    print(f"benchmark | results in {results}", file=sys.stderr)
+    if args.mlflow:
+        run_id = log_to_mlflow(tables, results, args.tracking_uri or command_line_tracking_uri(), {"repeats": args.repeats, "tiny": args.tiny, "machine": machine()})
+        print(f"benchmark | logged to MLflow run {run_id}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

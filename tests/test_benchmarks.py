@@ -1,0 +1,73 @@
+"""benchmarks/run.py on tiny workloads: every table, consistent numbers, the file and the MLflow run.
+No timing is asserted: on tiny workloads the numbers mean nothing."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import PROJECT
+
+spec = importlib.util.spec_from_file_location("benchmarks_run", PROJECT / "benchmarks" / "run.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def rows(markdown: str, title: str) -> list[list[str]]:
+    """The body rows of the table under the heading that starts with `title`."""
+    section = markdown.split(f"### {title}", 1)[1]
+    lines = [line for line in section.split("\n\n", 2)[1].splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def number(cell: str) -> float:
+    return float(re.sub(r"[^0-9.eE+-]", "", cell))
+
+
+def test_sides_alternate_and_flops_count_the_dense_kernels():
+    calls = []
+    a, b = bench.alternate(3, lambda: calls.append("A") or {"side": "A"}, lambda: calls.append("B") or {"side": "B"})
+    assert calls == ["A", "B"] * 3 and len(a) == len(b) == 3
+
+    from pipeline.config import ModelConfig, OptimizerConfig
+    from pipeline.stages.build import build_model
+
+    model = build_model(ModelConfig(architecture="mlp", hidden_units=512), OptimizerConfig(), (784,), 10)
+    macs = 784 * 512 + 512 * 10
+    assert bench.training_flops(model, 60000, 10000) == 6 * macs * 60000 + 2 * macs * 10000
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_every_table_and_logs_it_to_mlflow(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'benchmarks.db'}"
+    command = [sys.executable, str(PROJECT / "benchmarks" / "run.py"), "--tiny", "--repeats", "1", "--out", str(tmp_path / "out"), "--mlflow", "--tracking-uri", uri]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(PROJECT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert text.startswith("## Benchmarks\n\nMachine: ") and f"{os.cpu_count()} cores" in text
+    tutorial = rows(text, "1. The tutorial's work")
+    assert [r[0] for r in tutorial] == ["work after imports", "whole process"]
+    for _, plain, pipeline, ratio, _target in tutorial:
+        assert number(ratio) == pytest.approx(number(pipeline) / number(plain), rel=0.02)
+    (throughput,) = rows(text, "2. Training throughput")
+    assert throughput[0] == "32" and number(throughput[3]) == pytest.approx(number(throughput[2]) / number(throughput[1]), rel=0.02)
+    (options,) = rows(text, "Precision and compilation options")
+    assert options[1].endswith("(1.00x)") and options[4] in ("float32", "mixed_bfloat16", "jit_compile (XLA)")
+    formats = rows(text, "3. Save and load per format")
+    assert [(r[0], r[2]) for r in formats] == [(m, f) for m in ("mlp 16", "mlp 800") for f in ("keras", "h5", "savedmodel", "weights", "tf_checkpoint")]
+    for row in formats:
+        assert number(row[7]) == pytest.approx(number(row[5]) / number(row[6]), rel=0.02)
+    basic, joblib = rows(text, "4. Sweeps")
+    assert number(basic[2]) == pytest.approx(2 * 60 / number(basic[1]), rel=0.02)
+    assert number(joblib[3]) == pytest.approx(number(basic[1]) / number(joblib[1]), rel=0.02)
+    assert "### 4. Sweeps" in result.stdout  # the tables are printed as well as written
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("benchmarks").experiment_id])
+    assert {"tutorial/work_seconds_ratio", "tutorial/whole_ratio", "throughput/batch32_ratio", "sweeps/joblib_jobs_per_minute"} <= set(run.data.metrics)
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["results.md"]
