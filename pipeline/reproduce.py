@@ -46,8 +46,6 @@ def differences(client: MlflowClient, source_id: str, new_id: str) -> list[str]:
 
 def reproduce(run_id: str, tracking_uri: str) -> tuple[str, list[str]]:
     """Re-run `run_id` from its logged config; return the new run's id and the differences."""
-    from pipeline.task import run
-
     client = MlflowClient(tracking_uri)
     try:
         source = client.get_run(run_id)
@@ -61,6 +59,8 @@ def reproduce(run_id: str, tracking_uri: str) -> tuple[str, list[str]]:
     cfg.tracking.experiment = client.get_experiment(source.info.experiment_id).name
     cfg.tracking.tags = {**cfg.tracking.tags, "reproduced_from": run_id}
     cfg.resume = None
+    from pipeline.task import run  # TensorFlow is imported only once the source run is known to be usable
+
     run(cfg)
     (new,) = client.search_runs([source.info.experiment_id], f"tags.reproduced_from = '{run_id}'", order_by=["attributes.start_time DESC"], max_results=1)
     return new.info.run_id, differences(client, run_id, new.info.run_id)
