@@ -1,6 +1,6 @@
 """A config-driven pipeline that trains, checkpoints, saves and reload-verifies Keras models, tracked in MLflow.
 
-Defaults for every entry point (`python -m pipeline`, `.reproduce`, `.sync`), before
+Defaults for every entry point (`python -m pipeline`, `.reproduce`, `.sync`, `.inspect`), before
 TensorFlow or MLflow is imported; the environment still overrides them.
 """
 
