@@ -23,3 +23,14 @@ class ArtifactError(PipelineError):
 
 class VerificationError(PipelineError):
     """A saved artifact that does not reproduce the trained model."""
+
+
+def describe(error: BaseException) -> str:
+    """An exception in one short line: its type and the first line of its message."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
+
+
+def unreadable(path, what: str, error: BaseException) -> str:
+    """The message for a file a reader could not make sense of."""
+    return f"{path} is not a readable {what} (truncated or corrupt?): {describe(error)}"

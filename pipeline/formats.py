@@ -189,17 +189,25 @@ def _save_tf_checkpoint(model, path: Path) -> None:
     tf.train.CheckpointManager(tf_checkpoint(model, with_optimizer=True), str(path), max_to_keep=1).save()
 
 
+def checkpoint_prefix(path: Path) -> str:
+    """The TF checkpoint a path names: a folder's newest, found as a user would, or a prefix given directly."""
+    import tensorflow as tf
+
+    if path.is_dir():
+        prefix = tf.train.latest_checkpoint(str(path))
+        if prefix is None:
+            raise ArtifactError(f"no TF checkpoint in {path} (tf.train.latest_checkpoint found none)")
+        return prefix
+    return str(path.with_suffix("")) if path.suffix == ".index" else str(path)
+
+
 def load_tf_checkpoint(path: Path, ctx: LoadContext) -> Restored:
     """Restore the newest checkpoint in a folder into a fresh model.
 
     The optimizer is built first: restoring into an unbuilt optimizer silently
     skips its slot variables.
     """
-    import tensorflow as tf
-
-    prefix = tf.train.latest_checkpoint(str(path))
-    if prefix is None:
-        raise ArtifactError(f"no TF checkpoint in {path} (tf.train.latest_checkpoint found none)")
+    prefix = checkpoint_prefix(path)
     model = ctx.fresh_model()
     tf_checkpoint(model, with_optimizer=True).restore(prefix).expect_partial()  # a model-only checkpoint has no optimizer
     return _keras_restored(model)
@@ -236,6 +244,24 @@ def _io_reason(error: BaseException) -> Optional[str]:
     if any(cls.__name__ == "OpError" for cls in type(error).__mro__):  # TensorFlow's SaveV2 and friends
         return str(error).splitlines()[0].rsplit("; ", 1)[-1].split(" [Op:")[0]
     return None
+
+
+def artifact_kind(path: Path) -> str:
+    """Which of the registry's formats `path` is, from its name and, for folders, its files."""
+    if not path.exists() and not path.with_name(path.name + ".index").exists():
+        raise ArtifactError(f"{path} does not exist")
+    if path.is_dir():
+        if (path / "saved_model.pb").exists():
+            return "savedmodel"
+        if (path / "checkpoint").exists() or any(path.glob("*.index")):
+            return "tf_checkpoint"
+    elif path.name.endswith(".weights.h5"):
+        return "weights"
+    elif path.suffix in (".keras", ".h5"):
+        return path.suffix[1:]
+    elif path.suffix == ".index" or path.with_name(path.name + ".index").exists():
+        return "tf_checkpoint"
+    raise ArtifactError(f"cannot tell what {path} is: expected a .keras, .h5 or .weights.h5 file, a SavedModel folder or a TF checkpoint")
 
 
 @contextmanager

@@ -17,30 +17,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pipeline.errors import ArtifactError, PipelineError
-from pipeline.formats import FORMATS, LoadContext, load
+from pipeline.errors import ArtifactError, PipelineError, unreadable
+from pipeline.formats import FORMATS, LoadContext, artifact_kind, checkpoint_prefix, load
 from pipeline.paths import disk_bytes
-from pipeline.trust import code_layers, custom_classes, saved_config, unregistered
+from pipeline.trust import code_layers, custom_classes, unregistered
 
 JSON_ATTRIBUTES = ("model_config", "training_config")  # HDF5 attributes that hold JSON text
-
-
-def artifact_kind(path: Path) -> str:
-    """Which of the registry's formats `path` is, from its name and, for folders, its files."""
-    if not path.exists() and not path.with_name(path.name + ".index").exists():
-        raise ArtifactError(f"{path} does not exist")
-    if path.is_dir():
-        if (path / "saved_model.pb").exists():
-            return "savedmodel"
-        if (path / "checkpoint").exists() or any(path.glob("*.index")):
-            return "tf_checkpoint"
-    elif path.name.endswith(".weights.h5"):
-        return "weights"
-    elif path.suffix in (".keras", ".h5"):
-        return path.suffix[1:]
-    elif path.suffix == ".index" or path.with_name(path.name + ".index").exists():
-        return "tf_checkpoint"
-    raise ArtifactError(f"cannot tell what {path} is: expected a .keras, .h5 or .weights.h5 file, a SavedModel folder or a TF checkpoint")
 
 
 def _plain(value: Any) -> Any:
@@ -148,19 +130,17 @@ def _checkpoint_variables(prefix: str) -> list[dict]:
 
 
 def describe_tf_checkpoint(path: Path) -> dict:
-    import tensorflow as tf
-
-    if path.is_dir():
-        prefix = tf.train.latest_checkpoint(str(path))
-        if prefix is None:
-            raise ArtifactError(f"no TF checkpoint in {path} (tf.train.latest_checkpoint found none)")
-    else:
-        prefix = str(path.with_suffix("")) if path.suffix == ".index" else str(path)
+    prefix = checkpoint_prefix(path)
     return {"checkpoint": prefix, "variables": _checkpoint_variables(prefix)}
 
 
+def describe_h5(path: Path) -> dict:
+    hdf5 = describe_hdf5(path)
+    return {**hdf5, **_trust(hdf5["attributes"].get("model_config"))}  # the config is already parsed
+
+
 DESCRIBE = {
-    "h5": lambda path: {**describe_hdf5(path), **_trust(saved_config(path))},
+    "h5": describe_h5,
     "weights": describe_hdf5,
     "keras": describe_keras,
     "savedmodel": describe_savedmodel,
@@ -176,8 +156,7 @@ def inspect_artifact(path: Path) -> dict:
     except ArtifactError:
         raise
     except Exception as error:  # h5py, zipfile, protobuf and TensorFlow each fail in their own way
-        detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-        raise ArtifactError(f"{path} is not a readable {kind} artifact (truncated or corrupt?): {type(error).__name__}: {detail}") from None
+        raise ArtifactError(unreadable(path, f"{kind} artifact", error)) from None
     return {"path": str(path), "format": kind, "bytes": disk_bytes(path) if path.exists() else None, **details}
 
 

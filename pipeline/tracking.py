@@ -65,22 +65,19 @@ class Tracker:
         self._staged = itertools.count()
         self._submitted = 0  # work queued so far, some of it queued by other queued work
 
-    def _submit(self, call: Callable[[], Any]) -> None:
-        self._submitted += 1
-        self._worker.submit(self._logged, call)
-
     def record(self, kind: str, data: dict, step: Optional[int] = None) -> None:
         entry = {"kind": kind, "data": data, "step": step, "timestamp": int(time.time() * 1000)}
         with self._journal_lock, self.journal.open("a") as journal:
             journal.write(json.dumps(entry) + "\n")
 
     def background(self, call: Callable[[], Any]) -> None:
-        """Queue local work (a plot, a file) that has to happen in order with the uploads."""
-        self._submit(call)
+        """Queue work for the tracking thread: calls to the store, or local work (a plot, a file) in order with them."""
+        self._submitted += 1
+        self._worker.submit(self._logged, call)
 
     def remote(self, action: str, call: Callable[[], Any]) -> None:
         """Queue one call to the tracking store; after the first failure, skip them all."""
-        self._submit(lambda: self.now(action, call))
+        self.background(lambda: self.now(action, call))
 
     def now(self, action: str, call: Callable[[], Any]) -> Any:
         """Make one call to the tracking store in this thread, unless the store is lost."""
@@ -147,7 +144,7 @@ class Tracker:
                 self.now(f"uploading {staged.name}", lambda: self.client.log_artifact(self.run_id, str(staged), None if folder == "." else folder))
                 shutil.rmtree(staged.parent, ignore_errors=True)
 
-            self._submit(upload)
+            self.background(upload)
 
     def log_dataset(self, features, targets, name: str, source: str, context: str) -> None:
         """Record a dataset as an MLflow input: its name, source, shape and content digest."""
@@ -204,13 +201,11 @@ class Tracker:
         self.remote(f"uploading {artifact_path}/", lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path))
 
 
-def read_metrics(journal: Path) -> dict[str, dict[Optional[int], float]]:
+def read_metrics(journal: Path) -> dict[str, dict[int, float]]:
     """Every metric in a journal as {name: {step: value}}; a repeated step keeps its last value."""
-    metrics: dict[str, dict[Optional[int], float]] = {}
-    for entry in read_journal(journal):
-        if entry["kind"] == "metrics":
-            for name, value in entry["data"].items():
-                metrics.setdefault(name, {})[entry["step"] if entry["step"] is not None else 0] = value
+    metrics: dict[str, dict[int, float]] = {}
+    for metric in journaled(journal).metrics:
+        metrics.setdefault(metric.key, {})[metric.step] = metric.value
     return metrics
 
 
@@ -348,7 +343,6 @@ def tracked_run(client: MlflowClient, experiment_id: str, settings: Config, outp
     else:
         run_id = resume_run_id
     tracker = Tracker(client, run_id, output_dir)
-    mlflow.start_run(run_id=run_id)  # active in this process too, for MLflow's flavor APIs (log_model)
     if resume_run_id is None:
         tracker.record("tags", tags)  # already on the new run
     else:
@@ -374,9 +368,7 @@ def tracked_run(client: MlflowClient, experiment_id: str, settings: Config, outp
 
 
 def _end(tracker: Tracker, status: str) -> None:
-    """Wait for every queued upload, then end the run (in this thread, which holds it as active)."""
+    """Wait for every queued upload, then end the run."""
     tracker.record("status", {"status": status})
     tracker.close()
-    tracker.now("ending the run", lambda: mlflow.end_run(status))
-    if tracker.lost:  # the server is gone, so end_run could not pop the run: forget it locally
-        mlflow.tracking.fluent._active_run_stack.get().clear()
+    tracker.now("ending the run", lambda: tracker.client.set_terminated(tracker.run_id, status))

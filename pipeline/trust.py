@@ -11,6 +11,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from pipeline.errors import unreadable
+
 TRUST_HINT = "if you trust the file, set verify.trust=true or pass --trust"
 IMPORT_HINT = (
     "import the module that defines it (decorated with @keras.saving.register_keras_serializable) "
@@ -86,5 +88,4 @@ def explain_load_failure(format_name: str, path: Path, error: Exception) -> str:
         missing = unregistered(custom_classes(config))
         if missing:
             return f"{path} uses the custom class {', '.join(missing)}, which is not registered in this process: {IMPORT_HINT}"
-    detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-    return f"{path} is not a readable {format_name} artifact (truncated or corrupt?): {type(error).__name__}: {detail}"
+    return unreadable(path, f"{format_name} artifact", error)

@@ -10,8 +10,8 @@ import keras
 
 from pipeline.architectures import ARCHITECTURES
 from pipeline.config import ModelConfig, OptimizerConfig, TrainingConfig
-from pipeline.errors import ArtifactError
-from pipeline.formats import tf_checkpoint
+from pipeline.errors import ArtifactError, unreadable
+from pipeline.formats import artifact_kind, checkpoint_prefix, tf_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,14 @@ def load_initial_weights(model: keras.Model, path: Path) -> None:
     The optimizer starts fresh. A file from another architecture is refused whole,
     never half-loaded: Keras and TensorFlow match every layer and shape.
     """
-    import tensorflow as tf
-
     key = "model.init_weights"
-    checkpoint = path.is_dir() or path.with_name(path.name + ".index").exists()
-    if not path.exists() and not checkpoint:
-        raise ArtifactError(f"{key}: {path} does not exist; give a .weights.h5, .keras or .h5 file or a TF checkpoint")
     try:
-        if checkpoint:
-            prefix = tf.train.latest_checkpoint(str(path)) if path.is_dir() else str(path)
-            if prefix is None:
-                raise ArtifactError(f"{key}: no TF checkpoint in {path}")
-            tf_checkpoint(model, with_optimizer=False).restore(prefix).assert_existing_objects_matched()
+        kind = artifact_kind(path)
+    except ArtifactError as error:
+        raise ArtifactError(f"{key}: {error}") from None
+    try:
+        if kind == "tf_checkpoint":
+            tf_checkpoint(model, with_optimizer=False).restore(checkpoint_prefix(path)).assert_existing_objects_matched()
         else:
             with warnings.catch_warnings():  # the file's optimizer state is not wanted here
                 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -66,7 +62,7 @@ def load_initial_weights(model: keras.Model, path: Path) -> None:
         detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip())[:300]
         raise ArtifactError(f"{key}: {path} holds weights of a different architecture than {model.name} ({model.count_params():,} parameters): {detail}") from error
     except Exception as error:
-        raise ArtifactError(f"{key}: {path} is not a readable checkpoint (truncated or corrupt?): {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from error
+        raise ArtifactError(f"{key}: {unreadable(path, 'checkpoint', error)}") from error
 
 
 def build(model_cfg: ModelConfig, training: TrainingConfig, input_shape: tuple, num_classes: int) -> keras.Model:

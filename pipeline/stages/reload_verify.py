@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.checkpoints import PolicyCheckpoint, carries_optimizer, find_latest
 from pipeline.config import Config
-from pipeline.errors import ArtifactError, VerificationError
+from pipeline.errors import ArtifactError, VerificationError, describe
 from pipeline.formats import LoadContext, SaveFormat, load, predict_logits
 from pipeline.paths import RunPaths, disk_bytes
 from pipeline.stages.data import Dataset
@@ -85,8 +85,7 @@ def verify_artifact(check: Check, fmt: SaveFormat, path: Path, ctx: LoadContext,
         restored = load(fmt, path, ctx)
         predictions = restored.predict(data.x_test)
     except Exception as error:  # a corrupt or incompatible file is a finding, not a crash
-        detail = str(error) if isinstance(error, ArtifactError) else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        check.problems.append(f"load failed: {detail}")
+        check.problems.append(f"load failed: {error if isinstance(error, ArtifactError) else describe(error)}")
         return check
     check.load_seconds = time.perf_counter() - start
     check.max_abs_diff = float(np.max(np.abs(predictions - reference.predictions)))
