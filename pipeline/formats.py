@@ -280,11 +280,29 @@ def atomic_path(final: Path) -> Iterator[Path]:
         _remove(final)
         os.replace(temporary, final)
     except BaseException as error:
+        _close_left_open(temporary)
         _remove(temporary)
         reason = _io_reason(error)
         if reason is None:
             raise
         raise ArtifactError(f"writing {final} failed: {reason}; nothing was written under that name") from error
+
+
+def _close_left_open(temporary: Path) -> None:
+    """Close an HDF5 file that a failed writer left open at `temporary`.
+
+    Keras does not close its HDF5 store when a write fails (a full disk, say). h5py
+    would retry the flush as the objects are collected, and at exit the interpreter
+    crashes. Closing it here fails on the flush again, but releases the file.
+    """
+    import h5py
+
+    for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        if os.path.abspath(os.fsdecode(file_id.name)) == os.path.abspath(temporary):
+            try:
+                h5py.File(file_id).close()
+            except (OSError, RuntimeError):
+                pass  # the flush failed again; the file is closed all the same
 
 
 def _remove(path: Path) -> None:

@@ -4,13 +4,13 @@ A run is always ended: FINISHED on success, FAILED with the error as a tag and
 the traceback as an artifact otherwise, so no run is left RUNNING.
 """
 
-import itertools
 import json
 import logging
 import platform
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 import traceback
@@ -62,7 +62,6 @@ class Tracker:
         self.lost: Optional[str] = None  # why the tracking server stopped answering
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-upload")
         self._journal_lock = threading.Lock()
-        self._staged = itertools.count()
         self._submitted = 0  # work queued so far, some of it queued by other queued work
 
     def record(self, kind: str, data: dict, step: Optional[int] = None) -> None:
@@ -135,14 +134,16 @@ class Tracker:
         """Upload files, each under the artifact folder that mirrors its place on disk, as they are now."""
         for path in paths:
             folder = path.parent.relative_to(self.output_dir).as_posix()
-            staged = self.output_dir / STAGING / str(next(self._staged)) / path.name
-            staged.parent.mkdir(parents=True)
+            (self.output_dir / STAGING).mkdir(exist_ok=True)
+            batch = Path(tempfile.mkdtemp(dir=self.output_dir / STAGING))  # unique, even beside what a killed session left
+            staged = batch / folder / path.name
+            staged.parent.mkdir(parents=True, exist_ok=True)
             if not hard_linked(path, staged):
                 shutil.copy2(path, staged)
 
-            def upload(staged=staged, folder=folder):
+            def upload(staged=staged, folder=folder, batch=batch):
                 self.now(f"uploading {staged.name}", lambda: self.client.log_artifact(self.run_id, str(staged), None if folder == "." else folder))
-                shutil.rmtree(staged.parent, ignore_errors=True)
+                shutil.rmtree(batch, ignore_errors=True)
 
             self.background(upload)
 
@@ -236,6 +237,8 @@ def journaled(journal: Path) -> Journaled:
             found.metrics += [Metric(k, v, entry["timestamp"], entry["step"] or 0) for k, v in entry["data"].items()]
         elif entry["kind"] == "status":
             found.status = entry["data"]["status"]
+        elif entry["kind"] == "reopened" and "error" in found.tags:
+            found.tags["interrupted_by"] = found.tags.pop("error")
     return found
 
 
@@ -254,8 +257,28 @@ def upload_journaled(client: MlflowClient, run_id: str, output_dir: Path, logged
             client.log_artifact(run_id, str(path), folder or None)
 
 
+def reopen(client: MlflowClient, run_id: str) -> None:
+    """Mark an interrupted run RUNNING again. If it had crashed, its error becomes history
+    (`interrupted_by`), so a resumed run that then finishes does not read as failed."""
+    tags = client.get_run(run_id).data.tags
+    client.update_run(run_id, status="RUNNING")
+    if "error" in tags:
+        client.set_tag(run_id, "interrupted_by", tags["error"])
+        client.delete_tag(run_id, "error")
+
+
 def catch_up(client: MlflowClient, run_id: str, output_dir: Path) -> None:
-    """Log what an interrupted session journaled but had not yet sent when it was killed."""
+    """Log what an interrupted session journaled or staged but had not yet sent when it was killed.
+
+    Staged files go first: a checkpoint rotated away since is only there. Then every
+    file still in place is uploaded again, so the newest version of each name wins.
+    """
+    for batch in sorted((output_dir / STAGING).glob("*")):
+        for staged in sorted(batch.rglob("*")):
+            if staged.is_file():
+                folder = staged.parent.relative_to(batch).as_posix()
+                client.log_artifact(run_id, str(staged), None if folder == "." else folder)
+        shutil.rmtree(batch)
     logged = journaled(output_dir / JOURNAL)
     sent = {(m.key, m.step) for key in {m.key for m in logged.metrics} for m in client.get_metric_history(run_id, key)}
     logged.metrics = [m for m in logged.metrics if (m.key, m.step) not in sent]
@@ -346,6 +369,8 @@ def tracked_run(client: MlflowClient, experiment_id: str, settings: Config, outp
     if resume_run_id is None:
         tracker.record("tags", tags)  # already on the new run
     else:
+        tracker.record("reopened", {})
+        tracker.now("reopening the run", lambda: reopen(client, run_id))
         tracker.now("catching up the interrupted session", lambda: catch_up(client, run_id, output_dir))
         tracker.set_tags(tags)  # this session's pid, overrides and versions
     log.info("mlflow  | %s run %s in experiment %r at %s", "resumed" if resume_run_id else "new", run_id, settings.tracking.experiment, client.tracking_uri)

@@ -80,6 +80,28 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedPr
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs (root only): a real full disk or read-only file system under the pipeline."""
+    mounted = []
+
+    def mount(path: Path, size: str, read_only: bool = False) -> None:
+        """Mount at `path`; mounting again at the same path only resizes (free space on a full disk)."""
+        path.mkdir(parents=True, exist_ok=True)
+        options = f"size={size}" + (",ro" if read_only else "")
+        if path in mounted:
+            subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+            return
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(path)
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
 # --- servers on 127.0.0.1 -----------------------------------------------------------------------
 
 

@@ -2,7 +2,6 @@
 and its traceback, nothing half-written under a complete-looking name, and everything already
 produced kept in the output folder. (Bad config and output folders: test_config.py.)"""
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,24 +22,6 @@ def assert_failed_with(client: MlflowClient, tmp_path: Path, error: str, message
     assert failed.data.tags["error"].startswith(f"{error}: ") and message in failed.data.tags["error"], failed.data.tags["error"]
     traceback = Path(client.download_artifacts(failed.info.run_id, "error/traceback.txt", str(tmp_path))).read_text()
     assert traceback.startswith("Traceback") and error in traceback
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """Mount a small tmpfs (root only): a real full disk or read-only file system under the pipeline."""
-    mounted = []
-
-    def mount(path: Path, size: str, read_only: bool = False) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        options = f"size={size}" + (",ro" if read_only else "")
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-        mounted.append(path)
-
-    yield mount
-    for path in reversed(mounted):
-        subprocess.run(["umount", "--lazy", str(path)], check=True)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from pipeline.errors import ConfigError
 from pipeline.formats import atomic_path
 from pipeline.resume import training_dataset
 from pipeline.task import run
+from pipeline.tracking import catch_up
 
 QUICK = ["data=digits", "data.train_size=256", "data.test_size=128", "training.epochs=3", "checkpoint=none"]
 
@@ -176,25 +178,26 @@ def uninterrupted_digest(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "policy",
+    "policy, by_run_id",
     [
-        [],  # every_n_epochs, keras weights
-        ["checkpoint=every_n_batches", "checkpoint.every=5"],
-        ["checkpoint=best_only"],
-        ["checkpoint=none"],
-        ["checkpoint.format=tf_checkpoint", "checkpoint.weights_only=false"],
+        ([], False),  # every_n_epochs, keras weights
+        (["checkpoint=every_n_batches", "checkpoint.every=5"], False),
+        (["checkpoint=best_only"], False),
+        (["checkpoint=none"], True),
+        (["checkpoint.format=tf_checkpoint", "checkpoint.weights_only=false"], False),
     ],
-    ids=["every_n_epochs", "every_n_batches", "best_only", "none", "tf_checkpoint"],
+    ids=["every_n_epochs", "every_n_batches", "best_only", "none-resume_by_run_id", "tf_checkpoint"],
 )
-def test_sigkill_then_same_command_resumes_to_the_same_weights(policy, uninterrupted_digest, tmp_path):
+def test_sigkill_then_same_command_resumes_to_the_same_weights(policy, by_run_id, uninterrupted_digest, tmp_path):
     """The training state is backed up apart from the checkpoint policy, so any policy resumes;
-    checkpoints never change training, so every policy ends with the uninterrupted run's weights."""
+    checkpoints never change training, so every policy ends with the uninterrupted run's weights.
+    The rerun is the same command, or once the same command with an explicit `resume=<run id>`."""
     command = [*RESUMABLE, *policy]
     interrupt_after(command, tmp_path, epoch=5, sig=signal.SIGKILL)
     (killed,) = client_for(tmp_path).search_runs([client_for(tmp_path).get_experiment_by_name(EXPERIMENT).experiment_id])
     assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to end it
 
-    result = run_cli(*command, cwd=tmp_path)
+    result = run_cli(*command, *([f"resume={killed.info.run_id}"] if by_run_id else []), cwd=tmp_path)
 
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
@@ -210,6 +213,38 @@ def test_sigkill_then_same_command_resumes_to_the_same_weights(policy, uninterru
     assert finished.data.metrics.get("checkpoint/verified", 1.0) == 1.0
 
 
+@pytest.mark.slow
+def test_crash_then_same_command_resumes_the_failed_run(uninterrupted_digest, tmpfs, tmp_path):
+    """A crash mid-training (here a full disk at epoch 8's checkpoint) fails the run; once space
+    is freed, the same command continues that run instead of starting over, and the run no
+    longer reads as failed."""
+    command = [*RESUMABLE, "hydra.run.dir=outputs/runs/crashing"]
+    checkpoints = tmp_path / "outputs" / "runs" / "crashing" / "checkpoints"
+    tmpfs(checkpoints, "900k")  # room for cp-0000 (160 kB, no optimizer yet) and cp-0004 (480 kB), not cp-0008
+
+    crashed = run_cli(*command, cwd=tmp_path)
+
+    assert crashed.returncode == 1
+    # One line, the last: the half-written HDF5 file Keras left open is closed, not flushed again at exit.
+    assert crashed.stderr.strip().splitlines()[-1].startswith(f"error: writing {checkpoints}/cp-0008.weights.h5 failed: No space left on device")
+    client = client_for(tmp_path)
+    (failed,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert failed.info.status == "FAILED" and "No space left on device" in failed.data.tags["error"]
+
+    tmpfs(checkpoints, "20m")  # space freed
+    result = run_cli(*command, cwd=tmp_path)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert f"resumed run {failed.info.run_id}" in output and "restored epoch-0007.weights.h5: continuing from epoch 8" in output
+    (finished,) = client.search_runs([failed.info.experiment_id])
+    assert finished.info.run_id == failed.info.run_id and finished.info.status == "FINISHED"
+    assert "error" not in finished.data.tags and "No space left on device" in finished.data.tags["interrupted_by"]
+    assert finished.data.tags["weights_sha256"] == uninterrupted_digest
+    assert sorted({step for step, _ in history(client, finished.info.run_id)}) == list(range(20))
+    assert sorted(p.name for p in checkpoints.glob("cp-*")) == [f"cp-{e:04d}.weights.h5" for e in range(0, 21, 4)]
+
+
 def test_explicit_resume_refuses_a_different_config(make_cfg, client, tmp_path):
     run(make_cfg(*QUICK))
     source = only_run(client)
@@ -218,6 +253,22 @@ def test_explicit_resume_refuses_a_different_config(make_cfg, client, tmp_path):
         run(make_cfg(*QUICK, "seed=1", f"resume={source.info.run_id}", f"paths.output_dir={tmp_path / 'other'}"))
     with pytest.raises(ConfigError, match="is neither an output folder nor a run id"):
         run(make_cfg(*QUICK, "resume=no-such-run", f"paths.output_dir={tmp_path / 'other'}"))
+
+
+def test_resume_uploads_what_a_killed_session_had_staged(make_cfg, client, tmp_path):
+    """A checkpoint queued for upload and then rotated away by `max_to_keep` before a kill exists
+    only in the staging folder; the resumed session sends it."""
+    run(make_cfg(*QUICK))
+    run_id = only_run(client).info.run_id
+    job = tmp_path / "job"
+    staged = job / ".uploading" / "queued-before-the-kill" / "checkpoints" / "cp-1.index"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"rotated away since")
+
+    catch_up(client, run_id, job)
+
+    assert list((job / ".uploading").iterdir()) == []
+    assert Path(client.download_artifacts(run_id, "checkpoints/cp-1.index", str(tmp_path))).read_bytes() == b"rotated away since"
 
 
 @pytest.mark.slow

@@ -52,7 +52,11 @@ def test_grid_sweep_in_parallel_is_one_parent_with_a_run_per_job(tmp_path):
     assert sorted(r["job"] for r in rows) == sorted(c.info.run_name for c in children)
     by_job = {r["job"]: r for r in rows}
     assert by_job["model=mlp,save=[h5,weights]"]["h5/verified"] == "1.0" and by_job["model=mlp,save=[h5,weights]"]["keras/verified"] == ""
-    assert float(by_job["model=cnn,save=[keras]"]["keras/file_bytes"]) > 0
+    for job, fmt in (("model=cnn,save=[keras]", "keras"), ("model=mlp,save=[h5,weights]", "weights")):
+        assert float(by_job[job][f"{fmt}/file_bytes"]) > 0 and float(by_job[job][f"{fmt}/save_seconds"]) > 0 and float(by_job[job][f"{fmt}/load_seconds"]) > 0
+        assert 0 < float(by_job[job]["trained_accuracy"]) <= 1
+    table = Path(client.download_artifacts(parent.info.run_id, "sweep/report.md", str(tmp_path))).read_text()
+    assert all(f"| {c.info.run_name} |" in table for c in children)
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
     assert all((sweep_dir / str(i) / "saved").is_dir() for i in range(4))
