@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 JOURNAL = "tracking_journal.jsonl"
 STAGING = ".uploading"  # files queued for upload, hard-linked as they were when queued
+
+# MLflow registers its local-artifact dataset source twice, so it calls every source
+# "ambiguous" between two identical classes. Nothing for a user to act on.
+warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
 
 
 class Tracker:
