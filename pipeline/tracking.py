@@ -112,7 +112,8 @@ class Tracker:
     def close(self) -> None:
         self.flush()
         self._worker.shutdown(wait=True)
-        shutil.rmtree(self.output_dir / STAGING, ignore_errors=True)
+        if self.lost is None:
+            shutil.rmtree(self.output_dir / STAGING, ignore_errors=True)
 
     def log_params(self, params: dict) -> None:
         self.record("params", params)
@@ -148,7 +149,8 @@ class Tracker:
 
             def upload(staged=staged, folder=folder, batch=batch):
                 self.now(f"uploading {staged.name}", lambda: self.client.log_artifact(self.run_id, str(staged), None if folder == "." else folder))
-                shutil.rmtree(batch, ignore_errors=True)
+                if self.lost is None:  # otherwise kept for `pipeline.sync`: a rotated-away checkpoint is only here
+                    shutil.rmtree(batch, ignore_errors=True)
 
             self.background(upload)
 
@@ -248,13 +250,24 @@ def journaled(journal: Path) -> Journaled:
 
 
 def upload_journaled(client: MlflowClient, run_id: str, output_dir: Path, logged: Journaled) -> None:
-    """Log params, tags and metrics in batches, then upload the job's artifacts (overwriting any already there)."""
+    """Log params, tags and metrics in batches, then upload the job's artifacts (overwriting any already there).
+
+    Files still staged go first: a session that was killed, or lost its store, had
+    queued them but not sent them, and a checkpoint rotated away since is only there.
+    Then every file still in place is uploaded, so the newest version of each name wins.
+    """
     params = [Param(k, str(v)) for k, v in logged.params.items()]
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i : i + 100])
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in logged.tags.items()])
     for i in range(0, len(logged.metrics), 500):
         client.log_batch(run_id, metrics=logged.metrics[i : i + 500])
+    for batch in sorted((output_dir / STAGING).glob("*")):
+        for staged in sorted(batch.rglob("*")):
+            if staged.is_file():
+                folder = staged.parent.relative_to(batch).as_posix()
+                client.log_artifact(run_id, str(staged), None if folder == "." else folder)
+        shutil.rmtree(batch)
     for path, folder in RunPaths(output_dir).uploads():
         if path.is_dir():
             client.log_artifacts(run_id, str(path), folder)
@@ -273,17 +286,7 @@ def reopen(client: MlflowClient, run_id: str) -> None:
 
 
 def catch_up(client: MlflowClient, run_id: str, output_dir: Path) -> None:
-    """Log what an interrupted session journaled or staged but had not yet sent when it was killed.
-
-    Staged files go first: a checkpoint rotated away since is only there. Then every
-    file still in place is uploaded again, so the newest version of each name wins.
-    """
-    for batch in sorted((output_dir / STAGING).glob("*")):
-        for staged in sorted(batch.rglob("*")):
-            if staged.is_file():
-                folder = staged.parent.relative_to(batch).as_posix()
-                client.log_artifact(run_id, str(staged), None if folder == "." else folder)
-        shutil.rmtree(batch)
+    """Log what an interrupted session journaled or staged but had not yet sent when it was killed."""
     logged = journaled(output_dir / JOURNAL)
     sent = {(m.key, m.step) for key in {m.key for m in logged.metrics} for m in client.get_metric_history(run_id, key)}
     logged.metrics = [m for m in logged.metrics if (m.key, m.step) not in sent]

@@ -76,13 +76,19 @@ def test_unreachable_server_fails_before_training(tmp_path):
     assert "Traceback" not in result.stderr and "Epoch 1/" not in result.stdout
 
 
+def checkpoint_epochs(files) -> set[int]:
+    return {int(Path(f).name[3:-6]) for f in files if Path(f).name.startswith("cp-") and Path(f).name.endswith(".index")}
+
+
 def test_server_gone_mid_run_keeps_everything_and_sync_uploads_it_later(tmp_path):
+    """TF checkpoints with max_to_keep=5: the ones rotated away after the server went are kept
+    staged for `sync`, so between the two servers every checkpoint written arrives."""
     process, url = start_server(tmp_path / "first")
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    command = [sys.executable, "-m", "pipeline", *SMALL, "training.epochs=25", f"tracking.uri={url}"]
+    command = [sys.executable, "-m", "pipeline", *SMALL, "training.epochs=25", "checkpoint.format=tf_checkpoint", f"tracking.uri={url}"]
     job = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        while not list(tmp_path.glob("outputs/runs/*/checkpoints/cp-0003.weights.h5")):
+        while not list(tmp_path.glob("outputs/runs/*/checkpoints/cp-3.index")):
             assert job.poll() is None, job.stdout.read()[-3000:]
             time.sleep(0.05)
     finally:
@@ -93,8 +99,10 @@ def test_server_gone_mid_run_keeps_everything_and_sync_uploads_it_later(tmp_path
     (folder,) = tmp_path.glob("outputs/runs/*")
     assert f"every output is in {folder}" in output and f"python -m pipeline.sync {folder}" in output
     assert "lost the tracking store" in output
-    for produced in ("saved/keras/model.keras", "saved/h5/model.h5", "checkpoints/cp-0025.weights.h5", "reports/verify.json", "plots/training_curves.png"):
+    for produced in ("saved/keras/model.keras", "saved/h5/model.h5", "checkpoints/cp-25.index", "reports/verify.json", "plots/training_curves.png"):
         assert (folder / produced).exists(), produced
+    assert checkpoint_epochs(folder.glob("checkpoints/*")) == set(range(21, 26))
+    before_the_loss = checkpoint_epochs((tmp_path / "first" / "artifacts").rglob("*.index"))
 
     process, url = start_server(tmp_path / "second")
     try:
@@ -105,6 +113,10 @@ def test_server_gone_mid_run_keeps_everything_and_sync_uploads_it_later(tmp_path
         assert run.info.status == "FINISHED" and run.data.tags["synced_from"] == str(folder)
         assert run.data.params["model.architecture"] == "mlp" and run.data.metrics["keras/verified"] == 1.0
         assert [m.step for m in sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)] == list(range(25))
-        assert {"saved/keras/model.keras", "checkpoints/cp-0025.weights.h5", "reports/verify.md", "config.yaml", "hydra/overrides.yaml"} <= all_artifacts(client, run.info.run_id)
+        uploaded = all_artifacts(client, run.info.run_id)
+        assert {"saved/keras/model.keras", "checkpoints/checkpoint", "reports/verify.md", "config.yaml", "hydra/overrides.yaml"} <= uploaded
+        assert before_the_loss | checkpoint_epochs(uploaded) == set(range(1, 26))
+        assert checkpoint_epochs(uploaded) - set(range(21, 26))  # rotated away locally, sent from staging
+        assert not list(folder.glob(".uploading/*"))
     finally:
         stop(process)
