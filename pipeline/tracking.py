@@ -64,6 +64,8 @@ class Tracker:
         self.run_id = run_id
         self.output_dir = output_dir
         self.journal = output_dir / JOURNAL
+        self.staging = output_dir / STAGING
+        self.staging.mkdir(parents=True, exist_ok=True)
         self.lost: Optional[str] = None  # why the tracking server stopped answering
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-upload")
         self._journal_lock = threading.Lock()
@@ -112,8 +114,8 @@ class Tracker:
     def close(self) -> None:
         self.flush()
         self._worker.shutdown(wait=True)
-        if self.lost is None:
-            shutil.rmtree(self.output_dir / STAGING, ignore_errors=True)
+        if self.lost is None:  # otherwise what is staged stays for `pipeline.sync`
+            shutil.rmtree(self.staging, ignore_errors=True)
 
     def log_params(self, params: dict) -> None:
         self.record("params", params)
@@ -139,20 +141,12 @@ class Tracker:
     def log_files(self, paths: Iterable[Path]) -> None:
         """Upload files, each under the artifact folder that mirrors its place on disk, as they are now."""
         for path in paths:
-            folder = path.parent.relative_to(self.output_dir).as_posix()
-            (self.output_dir / STAGING).mkdir(exist_ok=True)
-            batch = Path(tempfile.mkdtemp(dir=self.output_dir / STAGING))  # unique, even beside what a killed session left
-            staged = batch / folder / path.name
+            batch = Path(tempfile.mkdtemp(dir=self.staging))  # unique, even beside what a killed session left
+            staged = batch / path.relative_to(self.output_dir)
             staged.parent.mkdir(parents=True, exist_ok=True)
             if not hard_linked(path, staged):
                 shutil.copy2(path, staged)
-
-            def upload(staged=staged, folder=folder, batch=batch):
-                self.now(f"uploading {staged.name}", lambda: self.client.log_artifact(self.run_id, str(staged), None if folder == "." else folder))
-                if self.lost is None:  # otherwise kept for `pipeline.sync`: a rotated-away checkpoint is only here
-                    shutil.rmtree(batch, ignore_errors=True)
-
-            self.background(upload)
+            self.remote(f"uploading {path.name}", lambda batch=batch: send_staged(self.client, self.run_id, batch))
 
     def log_dataset(self, features, targets, name: str, source: str, context: str) -> None:
         """Record a dataset as an MLflow input: its name, source, shape and content digest."""
@@ -263,16 +257,21 @@ def upload_journaled(client: MlflowClient, run_id: str, output_dir: Path, logged
     for i in range(0, len(logged.metrics), 500):
         client.log_batch(run_id, metrics=logged.metrics[i : i + 500])
     for batch in sorted((output_dir / STAGING).glob("*")):
-        for staged in sorted(batch.rglob("*")):
-            if staged.is_file():
-                folder = staged.parent.relative_to(batch).as_posix()
-                client.log_artifact(run_id, str(staged), None if folder == "." else folder)
-        shutil.rmtree(batch)
+        send_staged(client, run_id, batch)
     for path, folder in RunPaths(output_dir).uploads():
         if path.is_dir():
             client.log_artifacts(run_id, str(path), folder)
         else:
             client.log_artifact(run_id, str(path), folder or None)
+
+
+def send_staged(client: MlflowClient, run_id: str, batch: Path) -> None:
+    """Upload a staged batch, each file under the artifact folder it sits in, then drop it.
+    A failed upload raises before the drop, so the batch stays for a later session or sync."""
+    for staged in sorted(f for f in batch.rglob("*") if f.is_file()):
+        folder = staged.parent.relative_to(batch).as_posix()
+        client.log_artifact(run_id, str(staged), None if folder == "." else folder)
+    shutil.rmtree(batch)
 
 
 def reopen(client: MlflowClient, run_id: str) -> None:

@@ -16,7 +16,7 @@ from pipeline.errors import ConfigError
 from pipeline.formats import atomic_path
 from pipeline.resume import training_dataset
 from pipeline.task import run
-from pipeline.tracking import catch_up
+from pipeline.tracking import STAGING, catch_up
 
 QUICK = ["data=digits", "data.train_size=256", "data.test_size=128", "training.epochs=3", "checkpoint=none"]
 
@@ -261,13 +261,13 @@ def test_resume_uploads_what_a_killed_session_had_staged(make_cfg, client, tmp_p
     run(make_cfg(*QUICK))
     run_id = only_run(client).info.run_id
     job = tmp_path / "job"
-    staged = job / ".uploading" / "queued-before-the-kill" / "checkpoints" / "cp-1.index"
+    staged = job / STAGING / "queued-before-the-kill" / "checkpoints" / "cp-1.index"
     staged.parent.mkdir(parents=True)
     staged.write_bytes(b"rotated away since")
 
     catch_up(client, run_id, job)
 
-    assert list((job / ".uploading").iterdir()) == []
+    assert list((job / STAGING).iterdir()) == []
     assert Path(client.download_artifacts(run_id, "checkpoints/cp-1.index", str(tmp_path))).read_bytes() == b"rotated away since"
 
 
