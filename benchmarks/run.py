@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-PROJECT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project, when run as a script
+
+from pipeline.markdown import markdown_table  # noqa: E402
+from pipeline.paths import CONF_DIR, PROJECT_DIR  # noqa: E402
 
 
 
@@ -49,9 +51,8 @@ class Table:
                 return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
             return f"{value:,}" if isinstance(value, int) else str(value)
 
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
-        lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows]
-        return "\n".join(lines + [""] + self.notes) + "\n"
+        table = markdown_table(self.header, [[cell(v) for v in row] for row in self.rows])
+        return "\n".join([f"### {self.title}", "", table, "", *self.notes]) + "\n"
 
 
 @dataclass
@@ -85,7 +86,7 @@ def alternate(repeats: int, a: Callable[[], dict], b: Callable[[], dict]) -> tup
 
 
 def environment() -> dict:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR)}
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
@@ -120,7 +121,7 @@ def tutorial(repeats: int, sizes: Sizes, scratch: Path) -> Table:
 
     def plain() -> dict:
         folder = Path(tempfile.mkdtemp(dir=scratch))
-        seconds, stdout = timed_process([sys.executable, str(PROJECT / "benchmarks" / "plain_keras.py"), str(folder), str(n), str(epochs)], folder)
+        seconds, stdout = timed_process([sys.executable, str(PROJECT_DIR / "benchmarks" / "plain_keras.py"), str(folder), str(n), str(epochs)], folder)
         return {"whole": seconds, **json.loads(stdout.strip().splitlines()[-1])}
 
     # One MLflow store for every pipeline run, as in a project: creating a new store's tables
@@ -181,12 +182,14 @@ def throughput(repeats: int, sizes: Sizes, scratch: Path) -> Table:
     import keras
     from hydra import compose, initialize_config_dir
 
-    from pipeline.config import validate
+    from pipeline.architectures import build_model
+    from pipeline.context import RunContext
     from pipeline.paths import RunPaths
-    from pipeline.stages.build import build_model
     from pipeline.stages.data import load_data
     from pipeline.stages.fit import fit
-    from pipeline.tracking import connect, tracked_run
+    from pipeline.tracking.lifecycle import tracked_run
+    from pipeline.tracking.store import connect
+    from pipeline.validation import validate
 
     table = Table(
         f"2. Training throughput: one epoch of {sizes.throughput_train} MNIST examples (validation on {sizes.throughput_test})",
@@ -200,7 +203,7 @@ def throughput(repeats: int, sizes: Sizes, scratch: Path) -> Table:
             f"training.batch_size={batch_size}", "training.verbose=0", "checkpoint=every_epoch",
             f"paths.root={root}", f"paths.output_dir={root / 'job'}", f"tracking.uri=sqlite:///{root / 'mlflow.db'}", "tracking.run_name=throughput",
         ]  # fmt: skip
-        with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return validate(compose("config", overrides=overrides))
 
     data = load_data(settings_for(32, scratch).data, "flat")
@@ -220,11 +223,11 @@ def throughput(repeats: int, sizes: Sizes, scratch: Path) -> Table:
             client, experiment_id = connect(settings.tracking, settings.paths.root)
             paths = RunPaths(Path(settings.paths.output_dir))
             paths.root.mkdir(parents=True)
-            with tracked_run(client, experiment_id, settings, paths.root, {}) as tracker:
+            with tracked_run(client, experiment_id, settings.tracking, paths.root, {}) as tracker:
                 keras.utils.set_random_seed(settings.seed)
                 model = build_model(settings.model, settings.training.optimizer, data.input_shape, data.num_classes)
                 start = time.perf_counter()
-                fit(model, data, settings, paths, tracker, resuming=False)
+                fit(model, data, settings.training, settings.checkpoint, settings.callbacks, settings.seed, RunContext(paths, tracker), resuming=False)
                 seconds = time.perf_counter() - start
             return {"seconds": seconds}
 
@@ -244,7 +247,7 @@ def precision_options(repeats: int, sizes: Sizes, data, settings) -> Table:
     """training.mixed_precision, and Keras's jit_compile (XLA), against float32, on plain model.fit."""
     import keras
 
-    from pipeline.stages.build import build_model
+    from pipeline.architectures import build_model
 
     n = min(10000, len(data.x_train))
     variants = {"float32": (False, False), "mixed_bfloat16": (True, False), "jit_compile (XLA)": (False, True)}
@@ -275,10 +278,11 @@ def formats(repeats: int, sizes: Sizes, scratch: Path) -> Table:
     import keras
     import numpy as np
 
+    from pipeline.architectures import build_model
     from pipeline.config import ModelConfig, OptimizerConfig
-    from pipeline.formats import FORMATS, LoadContext, load, raw_state_bytes
-    from pipeline.paths import disk_bytes
-    from pipeline.stages.build import build_model
+    from pipeline.files import disk_bytes
+    from pipeline.formats import FORMATS, LoadContext, load
+    from pipeline.formats.base import raw_state_bytes
 
     table = Table("3. Save and load per format", ["model", "parameters", "format", "save s", "load s", "bytes on disk", "raw bytes", "disk / raw"])
     rng = np.random.default_rng(0)
@@ -337,24 +341,29 @@ SECTION_RUNNERS: dict[str, Callable[[int, Sizes, Path], Table]] = {"tutorial": t
 
 
 def log_to_mlflow(tables: list[Table], results: Path, tracking_uri: str, params: dict) -> str:
-    import mlflow
+    """One run in experiment "benchmarks", made through its own client like every pipeline run."""
+    from mlflow.entities import Metric
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment("benchmarks")
-    with mlflow.start_run(run_name=f"benchmarks {time.strftime('%Y-%m-%d %H:%M')}") as run:
-        mlflow.log_params(params)
-        mlflow.log_metrics({k: v for t in tables for k, v in t.metrics.items()})
-        mlflow.log_artifact(str(results))
-    return run.info.run_id
+    from pipeline.config import TrackingConfig
+    from pipeline.tracking.journal import log_batches
+    from pipeline.tracking.store import connect
+
+    client, experiment_id = connect(TrackingConfig(uri=tracking_uri, experiment="benchmarks"), str(PROJECT_DIR / "outputs"))
+    run_id = client.create_run(experiment_id, run_name=f"benchmarks {time.strftime('%Y-%m-%d %H:%M')}").info.run_id
+    now = int(time.time() * 1000)
+    log_batches(client, run_id, params=params, metrics=[Metric(k, v, now, 0) for t in tables for k, v in t.metrics.items()])
+    client.log_artifact(run_id, str(results))
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 def main(argv=None) -> int:
-    from pipeline.paths import command_line_tracking_uri
+    from pipeline.tracking.store import command_line_tracking_uri
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side per comparison (default 3)")
     parser.add_argument("--sections", default=",".join(SECTION_RUNNERS), help=f"comma-separated, from: {', '.join(SECTION_RUNNERS)}")
-    parser.add_argument("--out", type=Path, default=PROJECT / "outputs" / "benchmarks", help="where results.md goes")
+    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "benchmarks", help="where results.md goes")
     parser.add_argument("--mlflow", action="store_true", help="log the results to an MLflow run in experiment 'benchmarks'")
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else outputs/mlflow.db")
     parser.add_argument("--tiny", action="store_true", help="tiny workloads, to check the script itself")

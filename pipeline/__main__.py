@@ -1,7 +1,6 @@
 """`python -m pipeline [overrides]`: the Hydra command line over `pipeline.task.run`."""
 
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -11,10 +10,10 @@ from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline.config import check_override, validate  # importing it registers the schema Hydra validates against
-from pipeline.errors import ConfigError, PipelineError
-
-CONF = Path(__file__).resolve().parent.parent / "conf"
+from pipeline.config import check_override  # importing it registers the schema Hydra validates against
+from pipeline.errors import ConfigError, PipelineError, report
+from pipeline.paths import CONF_DIR
+from pipeline.validation import validate
 
 
 def check_overrides(args: list[str]) -> None:
@@ -27,24 +26,21 @@ def check_overrides(args: list[str]) -> None:
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
     except OverrideParseException as error:
-        raise SystemExit(f"error: cannot parse the overrides: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"cannot parse the overrides: {str(error).splitlines()[0]}") from None
     for override in overrides:
         if override.is_hydra_override() or override.is_delete() or override.value_type is ValueType.INTERVAL_SWEEP:
             continue
         key = override.key_or_group
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
-        group = CONF / key
+        group = CONF_DIR / key
         if group.is_dir():
             options = sorted(p.stem for p in group.glob("*.yaml"))
             for choice in (c for value in values for c in (value if isinstance(value, list) else [value])):
                 if choice is not None and choice not in options:
-                    raise SystemExit(f"error: {key}={choice!r} is not an option; choose from: {', '.join(options)}")
+                    raise ConfigError(f"{key}={choice!r} is not an option; choose from: {', '.join(options)}")
             continue
-        try:
-            for value in values:
-                check_override(key, value)
-        except ConfigError as error:
-            raise SystemExit(f"error: {error}") from None
+        for value in values:
+            check_override(key, value)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -57,10 +53,12 @@ def main(cfg: DictConfig) -> float:
     except PipelineError as error:
         if HydraConfig.get().mode is RunMode.MULTIRUN:
             raise  # Hydra records the job as failed and the sweep goes on with the others
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(report(error))
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:])
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as error:
+        sys.exit(report(error))
     main()

@@ -1,4 +1,4 @@
-"""The model architectures a config can choose, by name.
+"""The model architectures a config can choose, by name, and the one way a model is built.
 
 Layers are named explicitly so that a fresh model built later in the same
 process lines up with a saved one layer for layer.
@@ -9,34 +9,8 @@ from typing import Callable
 
 import keras
 
-from pipeline.config import ModelConfig
-
-
-@keras.saving.register_keras_serializable(package="pipeline")
-class ResidualDense(keras.layers.Layer):
-    """relu(x + Dense(Dropout(Dense(x)))): a custom layer that every save format must carry.
-
-    Registration plus `get_config` is what lets `.keras`, `.h5` and SavedModel
-    rebuild it without the user passing `custom_objects`.
-    """
-
-    def __init__(self, units: int, dropout: float = 0.0, **kwargs):
-        super().__init__(**kwargs)
-        self.units = units
-        self.dropout = dropout
-        self.inner = keras.layers.Dense(units, activation="relu", name="inner")
-        self.drop = keras.layers.Dropout(dropout)
-        self.outer = keras.layers.Dense(units, name="outer")
-
-    def build(self, input_shape):
-        self.inner.build(input_shape)
-        self.outer.build((*input_shape[:-1], self.units))
-
-    def call(self, inputs, training=None):
-        return keras.activations.relu(inputs + self.outer(self.drop(self.inner(inputs), training=training)))
-
-    def get_config(self):
-        return {**super().get_config(), "units": self.units, "dropout": self.dropout}
+from pipeline.config import ModelConfig, OptimizerConfig
+from pipeline.layers import ResidualDense
 
 
 def _mlp(cfg: ModelConfig, input_shape: tuple, num_classes: int) -> keras.Model:
@@ -90,3 +64,19 @@ ARCHITECTURES: dict[str, Architecture] = {
     "cnn": Architecture(_cnn, "image"),
     "residual": Architecture(_residual, "flat"),
 }
+
+
+def build_model(model_cfg: ModelConfig, optimizer_cfg: OptimizerConfig, input_shape: tuple, num_classes: int, mixed_precision: bool = False) -> keras.Model:
+    """A compiled, untrained model, as the tutorial compiles it: for training, and as the fresh model loaders fill."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if mixed_precision else "float32")  # read as each layer is made
+    try:
+        model = ARCHITECTURES[model_cfg.architecture].build(model_cfg, input_shape, num_classes)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model.compile(
+        optimizer=keras.optimizers.get({"class_name": optimizer_cfg.name, "config": {"learning_rate": optimizer_cfg.learning_rate}}),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model

@@ -1,8 +1,8 @@
-"""The checkpoint callback: one policy from the config decides when, one format decides how.
+"""The checkpoint callback: the policy in the config decides when, a save format decides how.
 
 Modelled on keras.callbacks.ModelCheckpoint, plus what it lacks: every n epochs,
-an epoch-0 checkpoint, TF checkpoints through tf.train.CheckpointManager, and a
-hook that hands every file to MLflow as soon as it is written.
+an epoch-0 checkpoint, checkpoints in any registered format (TF checkpoints keep
+`max_to_keep`), and a hook that hands every file to MLflow as soon as it is written.
 """
 
 import logging
@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.config import CheckpointConfig, CheckpointFormat, CheckpointPolicy, Mode
 from pipeline.errors import ConfigError
-from pipeline.formats import FORMATS, SaveFormat, atomic_path, tf_checkpoint
+from pipeline.formats import FORMATS, SaveFormat
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ class CheckpointRecord:
     """A written checkpoint and the state it holds, kept to verify the file against."""
 
     path: Path  # the file; for TF checkpoints, the manager's prefix (e.g. cp-5)
+    format: SaveFormat
+    carries_optimizer: bool
     epoch: int  # epochs completed when it was written
     step: int  # optimizer iterations when it was written
     weights: list[np.ndarray]
@@ -36,11 +38,6 @@ def checkpoint_format(cfg: CheckpointConfig) -> SaveFormat:
     if cfg.format is CheckpointFormat.tf_checkpoint:
         return FORMATS["tf_checkpoint"]
     return FORMATS["weights" if cfg.weights_only else "keras"]
-
-
-def carries_optimizer(cfg: CheckpointConfig) -> bool:
-    """Keras files always hold the optimizer; a TF checkpoint only when not weights-only."""
-    return cfg.format is CheckpointFormat.keras or not cfg.weights_only
 
 
 class PolicyCheckpoint(keras.callbacks.Callback):
@@ -64,19 +61,12 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         self.latest: Optional[CheckpointRecord] = None
         self._epoch = first_epoch
         self._best: Optional[float] = None
-        self._manager = None
+        self._writer = None
 
     def on_train_begin(self, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self.cfg.format is CheckpointFormat.tf_checkpoint:
-            import tensorflow as tf
-
-            self._manager = tf.train.CheckpointManager(
-                tf_checkpoint(self.model, with_optimizer=not self.cfg.weights_only),
-                str(self.directory),
-                max_to_keep=self.cfg.max_to_keep,
-                checkpoint_name="cp-step" if self.by_batch else "cp",
-            )
+        prefix, width = ("cp-step", 6) if self.by_batch else ("cp", 4)
+        self._writer = self.format.checkpoints(self.model, self.directory, prefix, width, with_optimizer=not self.cfg.weights_only, max_to_keep=self.cfg.max_to_keep)
         if self.cfg.save_initial and self.first_epoch == 0:
             self._write(epoch=0)
 
@@ -122,33 +112,15 @@ class PolicyCheckpoint(keras.callbacks.Callback):
 
     def _write(self, epoch: int) -> None:
         step = self._step()
-        if self._manager is not None:
-            prefix = Path(self._manager.save(checkpoint_number=step if self.by_batch else epoch))
-            files = sorted(prefix.parent.glob(prefix.name + ".*")) + [self.directory / "checkpoint"]
-            path = prefix
-        else:
-            name = f"cp-step-{step:06d}" if self.by_batch else f"cp-{epoch:04d}"
-            path = self.directory / (name + self.format.suffix)
-            with atomic_path(path) as temporary:
-                self.format.save(self.model, temporary)
-            files = [path]
+        path = self._writer.write(step if self.by_batch else epoch)
         optimizer = self.model.optimizer
         self.latest = CheckpointRecord(
             path=path,
+            format=self.format,
+            carries_optimizer=self._writer.carries_optimizer,
             epoch=epoch,
             step=step,
             weights=self.model.get_weights(),
             optimizer_variables=[v.numpy() for v in optimizer.variables] if optimizer.built else [],
         )
-        self.on_write(files)
-
-
-def find_latest(directory: Path, fmt: SaveFormat) -> Optional[Path]:
-    """The newest checkpoint in a folder, found the way a user would look for it."""
-    if fmt is FORMATS["tf_checkpoint"]:
-        import tensorflow as tf
-
-        prefix = tf.train.latest_checkpoint(str(directory))
-        return Path(prefix) if prefix else None
-    files = sorted(directory.glob("cp-*" + fmt.suffix))
-    return files[-1] if files else None
+        self.on_write(self.format.files(path))

@@ -1,9 +1,9 @@
-"""The typed schema every composed config is checked against.
+"""The typed schema every composed config is checked against: the lowest layer of the package.
 
 Hydra merges the YAML files in conf/ into these dataclasses, so an unknown key
-or a value of the wrong type fails at composition. `validate` then turns the
-config into plain dataclass instances and calls their `check`, for ranges and
-names, before any data is loaded or any MLflow run is started.
+or a value of the wrong type fails at composition. Each part's `check` tests the
+ranges it can judge alone; `pipeline.validation` adds the checks that need a
+registry (architectures, datasets, formats, optimizers) and runs them all.
 (The checks are not in `__post_init__` because OmegaConf instantiates the
 schema with placeholder values while composing.)
 """
@@ -15,18 +15,14 @@ from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from pipeline.errors import ConfigError
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
-
-
-def _require_choice(key: str, value: str, valid) -> None:
-    _require(value in valid, f"{key}={value!r} is not one of: {', '.join(sorted(valid))}")
 
 
 class CheckpointPolicy(Enum):
@@ -55,11 +51,8 @@ class DataConfig:
     test_size: int = MISSING
 
     def check(self) -> None:
-        from pipeline.stages.data import DATASETS
-
-        _require_choice("data.name", self.name, DATASETS)
-        _require(self.train_size >= 1, f"data.train_size must be at least 1 (got {self.train_size})")
-        _require(self.test_size >= 1, f"data.test_size must be at least 1 (got {self.test_size})")
+        require(self.train_size >= 1, f"data.train_size must be at least 1 (got {self.train_size})")
+        require(self.test_size >= 1, f"data.test_size must be at least 1 (got {self.test_size})")
 
 
 @dataclass
@@ -71,12 +64,9 @@ class ModelConfig:
     init_weights: Optional[str] = None  # start from these weights (.weights.h5, .keras, .h5 or a TF checkpoint)
 
     def check(self) -> None:
-        from pipeline.architectures import ARCHITECTURES
-
-        _require_choice("model.architecture", self.architecture, ARCHITECTURES)
-        _require(self.hidden_units >= 1, f"model.hidden_units must be at least 1 (got {self.hidden_units})")
-        _require(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1) (got {self.dropout})")
-        _require(all(f >= 1 for f in self.conv_filters), f"model.conv_filters must be positive (got {self.conv_filters})")
+        require(self.hidden_units >= 1, f"model.hidden_units must be at least 1 (got {self.hidden_units})")
+        require(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1) (got {self.dropout})")
+        require(all(f >= 1 for f in self.conv_filters), f"model.conv_filters must be positive (got {self.conv_filters})")
 
 
 @dataclass
@@ -91,8 +81,8 @@ class CheckpointConfig:
     mode: Mode = Mode.min  # best_only
 
     def check(self) -> None:
-        _require(self.every >= 1, f"checkpoint.every must be at least 1 (got {self.every})")
-        _require(self.max_to_keep >= 1, f"checkpoint.max_to_keep must be at least 1 (got {self.max_to_keep})")
+        require(self.every >= 1, f"checkpoint.every must be at least 1 (got {self.every})")
+        require(self.max_to_keep >= 1, f"checkpoint.max_to_keep must be at least 1 (got {self.max_to_keep})")
 
 
 class Compression(Enum):
@@ -114,14 +104,10 @@ class SaveOptions:
         return self.compression is not None or self.chunk_kib is not None
 
     def check(self, format_name: str) -> None:
-        from pipeline.formats import FORMATS
-
         key = f"save.{format_name}"
-        _require(bool(self.filename) and "/" not in self.filename, f"{key}.filename must be a plain name (got {self.filename!r})")
-        hdf5 = [name for name, fmt in FORMATS.items() if fmt.hdf5]
-        _require(not self.rewrites_hdf5 or format_name in hdf5, f"{key}: compression and chunk_kib apply only to the HDF5 formats: {', '.join(hdf5)}")
-        _require(0 <= self.compression_level <= 9, f"{key}.compression_level must be 0-9 (got {self.compression_level})")
-        _require(self.chunk_kib is None or self.chunk_kib >= 1, f"{key}.chunk_kib must be at least 1 (got {self.chunk_kib})")
+        require(bool(self.filename) and "/" not in self.filename, f"{key}.filename must be a plain name (got {self.filename!r})")
+        require(0 <= self.compression_level <= 9, f"{key}.compression_level must be 0-9 (got {self.compression_level})")
+        require(self.chunk_kib is None or self.chunk_kib >= 1, f"{key}.chunk_kib must be at least 1 (got {self.chunk_kib})")
 
 
 @dataclass
@@ -132,7 +118,7 @@ class EarlyStoppingConfig:
     restore_best_weights: bool = False
 
     def check(self) -> None:
-        _require(self.patience >= 0, f"callbacks.early_stopping.patience must be >= 0 (got {self.patience})")
+        require(self.patience >= 0, f"callbacks.early_stopping.patience must be >= 0 (got {self.patience})")
 
 
 @dataclass
@@ -149,8 +135,8 @@ class LRScheduleConfig:
     every: int = 5
 
     def check(self) -> None:
-        _require(0.0 < self.factor <= 1.0, f"callbacks.lr_schedule.factor must be in (0, 1] (got {self.factor})")
-        _require(self.every >= 1, f"callbacks.lr_schedule.every must be at least 1 (got {self.every})")
+        require(0.0 < self.factor <= 1.0, f"callbacks.lr_schedule.factor must be in (0, 1] (got {self.factor})")
+        require(self.every >= 1, f"callbacks.lr_schedule.every must be at least 1 (got {self.every})")
 
 
 @dataclass
@@ -166,15 +152,7 @@ class OptimizerConfig:
     learning_rate: float = 1e-3
 
     def check(self) -> None:
-        import keras
-
-        _require(self.learning_rate > 0, f"training.optimizer.learning_rate must be positive (got {self.learning_rate})")
-        try:
-            keras.optimizers.get(self.name)
-        except ValueError:
-            public = vars(keras.optimizers).values()
-            valid = sorted(c.__name__.lower() for c in public if isinstance(c, type) and issubclass(c, keras.optimizers.Optimizer) and c is not keras.optimizers.Optimizer)
-            raise ConfigError(f"training.optimizer.name={self.name!r} is not a Keras optimizer: {', '.join(valid)}") from None
+        require(self.learning_rate > 0, f"training.optimizer.learning_rate must be positive (got {self.learning_rate})")
 
 
 @dataclass
@@ -189,9 +167,9 @@ class TrainingConfig:
     mixed_precision: bool = False
 
     def check(self) -> None:
-        _require(self.epochs >= 1, f"training.epochs must be at least 1 (got {self.epochs})")
-        _require(self.batch_size >= 1, f"training.batch_size must be at least 1 (got {self.batch_size})")
-        _require(self.verbose in (0, 1, 2), f"training.verbose must be 0, 1 or 2 (got {self.verbose})")
+        require(self.epochs >= 1, f"training.epochs must be at least 1 (got {self.epochs})")
+        require(self.batch_size >= 1, f"training.batch_size must be at least 1 (got {self.batch_size})")
+        require(self.verbose in (0, 1, 2), f"training.verbose must be 0, 1 or 2 (got {self.verbose})")
 
 
 @dataclass
@@ -200,7 +178,7 @@ class VerifyConfig:
     trust: bool = False  # load with Keras's safe_mode off: only for files you trust to run code
 
     def check(self) -> None:
-        _require(self.atol >= 0, f"verify.atol must be >= 0 (got {self.atol})")
+        require(self.atol >= 0, f"verify.atol must be >= 0 (got {self.atol})")
 
 
 @dataclass
@@ -243,13 +221,8 @@ class Config:
     resume: Optional[str] = "auto"
 
     def check(self) -> None:
-        from pipeline.formats import FORMATS
-
-        _require(bool(self.save), f"save must name at least one format: {', '.join(FORMATS)}")
         for name, options in self.save.items():
-            _require_choice("save", name, FORMATS)
             options.check(name)
-        # The model and optimizer checks import Keras (and TensorFlow): the others go first, so most bad values fail in a second.
         for part in (self.data, self.checkpoint, self.training, self.verify, self.model, self.training.optimizer):
             part.check()
         for callback in (self.callbacks.early_stopping, self.callbacks.lr_schedule):
@@ -258,18 +231,6 @@ class Config:
 
 
 ConfigStore.instance().store(name="schema", node=Config)
-
-
-def validate(cfg: DictConfig) -> Config:
-    """Check a composed config and return it as typed dataclasses."""
-    try:
-        # Re-merging into the schema refuses keys that `+key=value` slipped in.
-        settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg)))
-    except Exception as error:  # OmegaConf's own errors: missing values, bad interpolations
-        raise ConfigError(str(error).splitlines()[0]) from None
-    settings.check()
-    return settings
-
 
 
 def _unwrap_optional(annotation):

@@ -4,6 +4,8 @@ Anything raised as a PipelineError is reported as one line and a non-zero
 exit; everything else is a bug and keeps its traceback.
 """
 
+import sys
+
 
 class PipelineError(Exception):
     """A problem with the user's input or files, explained in its message."""
@@ -34,3 +36,9 @@ def describe(error: BaseException) -> str:
 def unreadable(path, what: str, error: BaseException) -> str:
     """The message for a file a reader could not make sense of."""
     return f"{path} is not a readable {what} (truncated or corrupt?): {describe(error)}"
+
+
+def report(error: BaseException | str, code: int = 1) -> int:
+    """The command-line contract for a problem the user can fix: one `error:` line on stderr; returns the exit code."""
+    print(f"error: {error}", file=sys.stderr)
+    return code

@@ -18,8 +18,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from pipeline.errors import PipelineError
-from pipeline.paths import command_line_tracking_uri
+from pipeline.errors import PipelineError, report
+from pipeline.tracking.store import command_line_tracking_uri
 
 # Wall-clock and on-disk sizes vary between runs of the same computation.
 NOT_COMPARED = ("_seconds", "/file_bytes", "/bytes_vs_raw")
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         new_id, found = reproduce(args.run_id, args.tracking_uri)
     except PipelineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report(error, 2)
     if found:
         print(f"run {new_id} differs from {args.run_id}:")
         print("\n".join(f"  {line}" for line in found))

@@ -1,12 +1,10 @@
-"""Resuming an interrupted run, and the per-epoch determinism that makes a resumed run
-end with the same weights as one that was never interrupted.
+"""Resuming an interrupted run: training-state backups, restoring them, and finding the run to continue.
 
 At the end of every epoch the whole training state (layer and optimizer variables,
 the epoch, the MLflow run, the checkpoint policy's memory) is written to
 `resume/`, each file atomically, keeping the last two states. This is separate
 from the user's checkpoint policy, so resuming works whatever that policy is.
-Randomness is re-derived from (seed, epoch) at the start of every epoch, so the
-epochs after a resume see the same batches and dropout masks as they would have.
+(`pipeline.determinism` makes the epochs after a resume draw what they would have.)
 """
 
 import json
@@ -18,56 +16,16 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import keras
-import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.formats import FORMATS, atomic_path
-from pipeline.paths import hard_linked
+from pipeline.files import atomic_path, hard_linked
+from pipeline.formats import FORMATS
+from pipeline.formats.base import build_optimizer
 
 log = logging.getLogger(__name__)
 
 KEEP = 2  # the newest state, and the one to fall back on if the newest is unreadable
 WEIGHTS = FORMATS["weights"]  # Keras weight files hold the optimizer's variables too
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch) % 2**31
-
-
-def training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int):
-    """All remaining epochs as one tf.data stream, each epoch shuffled by its own seed.
-
-    Keras's own shuffling draws from one generator for the whole fit, so a resumed
-    run would see different batches; here epoch e's order depends only on (seed, e).
-    Each epoch is one gather into a shuffled copy, then plain slices: cheaper per
-    step than a shuffle buffer or a gather per batch. Batches are prepared ahead.
-    """
-    import tensorflow as tf
-
-    features, labels = tf.constant(x), tf.constant(y)
-
-    def one_epoch(epoch):  # a stateless shuffle: the order is a function of (seed, epoch) alone, whatever the global seed
-        order = tf.random.experimental.stateless_shuffle(tf.range(len(x), dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices((tf.gather(features, order), tf.gather(labels, order))).batch(batch_size)
-
-    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
-
-
-class EpochSeeds(keras.callbacks.Callback):
-    """Reset every dropout seed generator to (seed, epoch) as each epoch begins.
-
-    Their state is not in Keras's weight files, so without this a resumed run
-    would draw different dropout masks.
-    """
-
-    def __init__(self, seed: int):
-        super().__init__()
-        self.seed = seed
-
-    def on_epoch_begin(self, epoch, logs=None):
-        for variable in self.model.non_trainable_variables:
-            if variable.path.endswith("seed_generator_state"):
-                variable.assign(np.array([epoch_seed(self.seed, epoch), 0], dtype=variable.dtype))
 
 
 @dataclass
@@ -119,7 +77,7 @@ def saved_states(directory: Path) -> list[Path]:
 
 def restore(directory: Path, model: keras.Model) -> Optional[ResumePoint]:
     """Load the newest readable state into `model`; say so when falling back to an older one."""
-    model.optimizer.build(model.trainable_variables)
+    build_optimizer(model)
     for state_file in saved_states(directory):
         weights = directory / f"{state_file.stem}{WEIGHTS.suffix}"
         try:

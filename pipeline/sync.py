@@ -14,9 +14,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from omegaconf import OmegaConf
 
 from pipeline.config import TrackingConfig
-from pipeline.errors import PipelineError
-from pipeline.paths import RunPaths, command_line_tracking_uri
-from pipeline.tracking import JOURNAL, connect, journaled, upload_journaled
+from pipeline.errors import PipelineError, report
+from pipeline.paths import RunPaths
+from pipeline.tracking.journal import JOURNAL, journaled, upload_journaled
+from pipeline.tracking.store import command_line_tracking_uri, connect
 
 
 def sync(output_dir: Path, tracking_uri: str) -> str:
@@ -44,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_id = sync(args.output_dir, args.tracking_uri)
     except PipelineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return report(error)
     print(f"uploaded {args.output_dir} as run {run_id} at {args.tracking_uri}")
     return 0
 

@@ -9,24 +9,32 @@ import hashlib
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import keras
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.architectures import ARCHITECTURES
-from pipeline.config import Config, validate
+from pipeline.architectures import ARCHITECTURES, build_model
+from pipeline.config import Config
+from pipeline.context import RunContext
+from pipeline.determinism import seed_everything
 from pipeline.errors import PipelineError
-from pipeline.paths import RunPaths, unwritable
+from pipeline.files import unwritable
+from pipeline.paths import RunPaths
 from pipeline.plots import plot_training_curves
 from pipeline.resume import find_run_to_resume, owner_tags
-from pipeline.stages.build import build, build_model, summary_text
+from pipeline.stages.build import build
 from pipeline.stages.data import Dataset, load_data
 from pipeline.stages.fit import fit
 from pipeline.stages.reload_verify import reload_verify
 from pipeline.stages.save import save
-from pipeline.tracking import Tracker, connect, environment_tags, git_state, installed_packages, tracked_run
+from pipeline.tracking.lifecycle import tracked_run
+from pipeline.tracking.provenance import environment_tags, git_state, installed_packages
+from pipeline.tracking.store import connect
+from pipeline.tracking.tracker import Tracker
+from pipeline.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -115,40 +123,28 @@ def run(cfg: DictConfig) -> dict[str, float]:
     paths.root.mkdir(parents=True, exist_ok=True)
 
     tags = run_tags(settings, digest, paths.root)
-    with tracked_run(client, experiment_id, settings, paths.root, tags, resume_run_id=resumed[0] if resumed else None) as tracker:
+    with tracked_run(client, experiment_id, settings.tracking, paths.root, tags, resume_run_id=resumed[0] if resumed else None) as tracker:
+        ctx = RunContext(paths, tracker)
         if not resumed:
             _log_inputs(resolved_cfg, paths, tracker)
-        keras.utils.set_random_seed(settings.seed)
-        if settings.deterministic:
-            import tensorflow as tf
-
-            tf.config.experimental.enable_op_determinism()
+        seed_everything(settings.seed, settings.deterministic)
 
         data = load_data(settings.data, ARCHITECTURES[settings.model.architecture].layout)
         if not resumed:
             _log_datasets(data, tracker)
-        model = build(settings.model, settings.training, data.input_shape, data.num_classes)
-        paths.model_summary.write_text(summary_text(model))
-        tracker.log_files([paths.model_summary])
+        training = settings.training
+        fresh_model = partial(build_model, settings.model, training.optimizer, data.input_shape, data.num_classes, training.mixed_precision)
+        model = build(fresh_model, settings.model, training, ctx)
 
-        result = fit(model, data, settings, paths, tracker, resuming=resumed is not None)
+        checkpoint = fit(model, data, training, settings.checkpoint, settings.callbacks, settings.seed, ctx, resuming=resumed is not None)
         tracker.set_tags({"weights_sha256": weights_digest(model)})
         history = tracker.metric_histories(["loss", "accuracy", "val_loss", "val_accuracy"])
         title = f"{model.name} on {data.name}"
         tracker.background(lambda: tracker.log_files([plot_training_curves(history, paths.plots / "training_curves.png", title)]))
 
-        saved = save(model, settings.save, paths, tracker)
+        saved = save(model, settings.save, ctx)
         tracker.log_keras_model(model, data.x_test[:8], settings.registry.name, settings.registry.alias)
-        report = reload_verify(
-            model,
-            data,
-            saved,
-            result.checkpoint,
-            lambda: build_model(settings.model, settings.training.optimizer, data.input_shape, data.num_classes, settings.training.mixed_precision),
-            settings,
-            paths,
-            tracker,
-        )
+        report = reload_verify(model, data, saved, checkpoint, fresh_model, settings.verify, ctx)
         tracker.log_metrics({"run_seconds": time.perf_counter() - start})  # the job's work, after imports
         metrics = tracker.latest_metrics()
         log.info("done    | run %s: trained accuracy %.2f%%, outputs in %s", tracker.run_id, 100 * report.trained_accuracy, paths.root)

@@ -71,11 +71,20 @@ def custom_classes(config: dict) -> list[str]:
 
 
 def unregistered(classes: list[str]) -> list[str]:
+    """The classes among `classes` that no imported module has registered with Keras."""
     import keras
 
-    import pipeline.architectures  # noqa: F401  (registers the pipeline's own custom layers)
+    import pipeline.layers  # noqa: F401  (registers the pipeline's own custom layer)
 
     return [name for name in classes if keras.saving.get_registered_object(name) is None]
+
+
+def trust_report(config: Optional[dict]) -> dict:
+    """What a saved model config would run (code) or import (custom classes) on load, for `inspect`."""
+    if config is None:
+        return {}
+    classes = custom_classes(config)
+    return {"code": code_layers(config), "custom_classes": classes, "unregistered_classes": unregistered(classes)}
 
 
 def explain_load_failure(format_name: str, path: Path, error: Exception) -> str:

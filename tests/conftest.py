@@ -19,9 +19,8 @@ from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
 import pipeline.config  # noqa: F401  (registers the schema)
-
-PROJECT = Path(__file__).resolve().parent.parent
-CONF = PROJECT / "conf"
+from pipeline.paths import CONF_DIR as CONF
+from pipeline.paths import PROJECT_DIR as PROJECT
 EXPERIMENT = "save-and-load"
 
 
@@ -32,6 +31,15 @@ def tmp_overrides(tmp_path: Path) -> list[str]:
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "tracking.run_name=null",  # the CLI names runs from Hydra's overrides; compose has no Hydra job
     ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stray_mlruns():
+    """No test, and no run, may write MLflow's default ./mlruns: every call goes through a run's own store."""
+    places = {PROJECT / "mlruns", Path.cwd() / "mlruns"}
+    before = {place for place in places if place.exists()}
+    yield
+    assert not {place for place in places if place.exists()} - before, "an MLflow call escaped its store and wrote ./mlruns"
 
 
 @pytest.fixture(scope="session")

@@ -33,8 +33,8 @@ def test_sides_alternate_and_flops_count_the_dense_kernels():
     a, b = bench.alternate(3, lambda: calls.append("A") or {"side": "A"}, lambda: calls.append("B") or {"side": "B"})
     assert calls == ["A", "B"] * 3 and len(a) == len(b) == 3
 
+    from pipeline.architectures import build_model
     from pipeline.config import ModelConfig, OptimizerConfig
-    from pipeline.stages.build import build_model
 
     model = build_model(ModelConfig(architecture="mlp", hidden_units=512), OptimizerConfig(), (784,), 10)
     macs = 784 * 512 + 512 * 10

@@ -6,8 +6,9 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from mlflow import MlflowClient
 
 from conftest import EXPERIMENT, run_cli
-from pipeline.config import CheckpointPolicy, validate
+from pipeline.config import CheckpointPolicy
 from pipeline.errors import ConfigError
+from pipeline.validation import validate
 
 
 def test_default_is_the_tutorial(make_cfg):

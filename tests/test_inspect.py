@@ -15,11 +15,11 @@ from conftest import PROJECT, only_run
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from pipeline.architectures import build_model
 from pipeline.config import ModelConfig, OptimizerConfig
 from pipeline.errors import ArtifactError
 from pipeline.formats import FORMATS, LoadContext, load
 from pipeline.inspect import inspect_artifact, main
-from pipeline.stages.build import build_model
 from pipeline.task import run
 
 INPUTS, CLASSES = 64, 10
@@ -142,8 +142,8 @@ def test_compressed_hdf5_is_smaller_and_keras_still_reads_it(make_cfg, client, t
 
 
 def test_compression_is_refused_for_formats_that_are_not_hdf5(make_cfg):
-    from pipeline.config import validate
     from pipeline.errors import ConfigError
+    from pipeline.validation import validate
 
     with pytest.raises(ConfigError, match="save.keras: compression and chunk_kib apply only to the HDF5 formats: h5, weights"):
         validate(make_cfg("save=[keras]", "save.keras.compression=gzip"))

@@ -10,6 +10,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+from mlflow.entities import LoggedModelStatus
 
 from conftest import free_port, only_run, stop, wait_for
 from pipeline.task import run
@@ -17,11 +18,19 @@ from pipeline.task import run
 QUICK = ["data=digits", "data.train_size=256", "data.test_size=64", "training.epochs=2", "checkpoint=none"]
 
 
-def test_logged_model_loads_with_pyfunc_and_is_registered(make_cfg, client, tmp_path):
+def test_logged_model_loads_with_pyfunc_and_is_registered(make_cfg, client, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's process-global defaults would write ./mlruns here
     run(make_cfg(*QUICK, "model=residual", "registry.name=digits-residual"))
 
     logged = only_run(client)
     uri = logged.data.tags["mlflow_model_uri"]
+    # The model is the run's output, in the run's own experiment, stored beside the store; nothing in ./mlruns.
+    (model,) = client.search_logged_models([logged.info.experiment_id])
+    assert uri == f"models:/{model.model_id}" and model.name == "model" and model.status == LoggedModelStatus.READY
+    assert model.artifact_location.startswith((tmp_path / "mlartifacts").as_uri())
+    assert [o.model_id for o in logged.outputs.model_outputs] == [model.model_id]
+    assert client.search_logged_models([client.get_experiment_by_name("Default").experiment_id]) == []
+    assert not (tmp_path / "mlruns").exists()
     mlflow.set_tracking_uri(client.tracking_uri)
     assert mlflow.get_logged_model(uri.removeprefix("models:/")).source_run_id == logged.info.run_id
     x = np.random.default_rng(0).random((16, 64), dtype="float32")
@@ -30,7 +39,7 @@ def test_logged_model_loads_with_pyfunc_and_is_registered(make_cfg, client, tmp_
     np.testing.assert_allclose(np.asarray(served), own, atol=1e-5)
 
     version = client.get_model_version_by_alias("digits-residual", "candidate")
-    assert version.run_id == logged.info.run_id
+    assert version.run_id == logged.info.run_id and version.source == uri
 
 
 @pytest.mark.slow

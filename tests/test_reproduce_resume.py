@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import EXPERIMENT, PROJECT, only_run, run_cli
+from pipeline.determinism import training_dataset
 from pipeline.errors import ConfigError
-from pipeline.formats import atomic_path
-from pipeline.resume import training_dataset
+from pipeline.files import atomic_path
 from pipeline.task import run
-from pipeline.tracking import STAGING, catch_up
+from pipeline.tracking.journal import STAGING
+from pipeline.tracking.lifecycle import catch_up
 
 QUICK = ["data=digits", "data.train_size=256", "data.test_size=128", "training.epochs=3", "checkpoint=none"]
 

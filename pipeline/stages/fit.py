@@ -2,18 +2,19 @@
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import keras
 
-from pipeline.checkpoints import PolicyCheckpoint
-from pipeline.config import CallbacksConfig, CheckpointPolicy, Config
+from pipeline.checkpoints import CheckpointRecord, PolicyCheckpoint
+from pipeline.config import CallbacksConfig, CheckpointConfig, CheckpointPolicy, TrainingConfig
+from pipeline.context import RunContext
+from pipeline.determinism import EpochSeeds, training_dataset
 from pipeline.errors import ArtifactError
 from pipeline.paths import RunPaths
-from pipeline.resume import EpochSeeds, TrainingBackup, restore, training_dataset
+from pipeline.resume import TrainingBackup, restore
 from pipeline.stages.data import Dataset
-from pipeline.tracking import Tracker
+from pipeline.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,18 @@ def optional_callbacks(cfg: CallbacksConfig, paths: RunPaths) -> list[keras.call
     return callbacks
 
 
-@dataclass
-class FitResult:
-    checkpoint: Optional[PolicyCheckpoint]
-    first_epoch: int  # 0, or the epoch a resumed run continued from
-
-
-def fit(model: keras.Model, data: Dataset, settings: Config, paths: RunPaths, tracker: Tracker, resuming: bool) -> FitResult:
+def fit(
+    model: keras.Model,
+    data: Dataset,
+    training: TrainingConfig,
+    checkpoint: CheckpointConfig,
+    callbacks: CallbacksConfig,
+    seed: int,
+    ctx: RunContext,
+    resuming: bool,
+) -> Optional[CheckpointRecord]:
+    """Train for the remaining epochs; returns the last checkpoint the policy wrote, if any."""
+    paths, tracker = ctx.paths, ctx.tracker
     first_epoch = 0
     if resuming:
         point = restore(paths.resume, model)
@@ -68,45 +74,40 @@ def fit(model: keras.Model, data: Dataset, settings: Config, paths: RunPaths, tr
             raise ArtifactError(f"cannot resume: no readable training state in {paths.resume}")
         first_epoch = point.epoch
 
-    checkpoint = None
-    callbacks = optional_callbacks(settings.callbacks, paths)
-    if settings.checkpoint.policy is not CheckpointPolicy.none:
-        checkpoint = PolicyCheckpoint(settings.checkpoint, paths.checkpoints, on_write=tracker.log_files, first_epoch=first_epoch)
+    writer = None
+    keras_callbacks = optional_callbacks(callbacks, paths)
+    if checkpoint.policy is not CheckpointPolicy.none:
+        writer = PolicyCheckpoint(checkpoint, paths.checkpoints, on_write=tracker.log_files, first_epoch=first_epoch)
         if resuming:
-            checkpoint.load_state(point.state)
-        callbacks.append(checkpoint)
-    callbacks.append(EpochSeeds(settings.seed))
+            writer.load_state(point.state)
+        keras_callbacks.append(writer)
+    keras_callbacks.append(EpochSeeds(seed))
     # Metrics after the callbacks that add to the logs (learning_rate); the backup last, so a
     # kill between the two repeats an epoch's metrics (with the same values) rather than losing them.
-    callbacks.append(MlflowMetrics(tracker))
-    callbacks.append(
+    keras_callbacks.append(MlflowMetrics(tracker))
+    keras_callbacks.append(
         TrainingBackup(
             paths.resume,
             tracker.run_id,
-            extra_state=checkpoint.state if checkpoint else dict,
-            written_at=checkpoint.weights_file_at if checkpoint else lambda step: None,
+            extra_state=writer.state if writer else dict,
+            written_at=writer.weights_file_at if writer else lambda step: None,
         )
     )
 
-    epochs, batch_size = settings.training.epochs, settings.training.batch_size
+    epochs, batch_size = training.epochs, training.batch_size
     if first_epoch < epochs:
         model.fit(
-            training_dataset(data.x_train, data.y_train, batch_size, settings.seed, first_epoch, epochs),
+            training_dataset(data.x_train, data.y_train, batch_size, seed, first_epoch, epochs),
             steps_per_epoch=math.ceil(len(data.x_train) / batch_size),
             initial_epoch=first_epoch,
             shuffle=False,  # training_dataset shuffles, per epoch
             epochs=epochs,
             validation_data=(data.x_test, data.y_test),
-            callbacks=callbacks,
-            verbose=settings.training.verbose,
+            callbacks=keras_callbacks,
+            verbose=training.verbose,
         )
-    if settings.callbacks.tensorboard:
+    if callbacks.tensorboard:
         tracker.log_folder(paths.tensorboard)
-    log.info(
-        "fit     | epochs %d-%d of %d done; latest checkpoint: %s",
-        first_epoch + 1,
-        epochs,
-        epochs,
-        checkpoint.latest.path.name if checkpoint and checkpoint.latest else "none",
-    )
-    return FitResult(checkpoint=checkpoint, first_epoch=first_epoch)
+    latest = writer.latest if writer else None
+    log.info("fit     | epochs %d-%d of %d done; latest checkpoint: %s", first_epoch + 1, epochs, epochs, latest.path.name if latest else "none")
+    return latest

@@ -17,14 +17,18 @@ from typing import Any, Callable, Optional
 import keras
 import numpy as np
 
-from pipeline.checkpoints import PolicyCheckpoint, carries_optimizer, find_latest
-from pipeline.config import Config
+from pipeline.checkpoints import CheckpointRecord
+from pipeline.config import VerifyConfig
+from pipeline.context import RunContext
 from pipeline.errors import ArtifactError, VerificationError, describe
-from pipeline.formats import LoadContext, SaveFormat, load, predict_logits
-from pipeline.paths import RunPaths, disk_bytes
+from pipeline.files import disk_bytes
+from pipeline.formats import LoadContext, SaveFormat, load
+from pipeline.formats.base import predict_logits
+from pipeline.markdown import markdown_table
+from pipeline.paths import RunPaths
 from pipeline.stages.data import Dataset
 from pipeline.stages.save import SavedArtifact
-from pipeline.tracking import Tracker
+from pipeline.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +130,8 @@ def _trained_reference(model: keras.Model, data: Dataset) -> Reference:
     )
 
 
-def _checkpoint_reference(checkpoint: PolicyCheckpoint, fresh_model: Callable[[], keras.Model], data: Dataset) -> Reference:
-    """The weights held in memory when the latest checkpoint was written."""
-    record = checkpoint.latest
+def _checkpoint_reference(record: CheckpointRecord, fresh_model: Callable[[], keras.Model], data: Dataset) -> Reference:
+    """The weights held in memory when the checkpoint was written."""
     model = fresh_model()
     model.set_weights(record.weights)
     return Reference(
@@ -143,20 +146,17 @@ def _markdown(checks: list[Check], untrained: float, trained: float, atol: float
     def cell(value, spec=""):
         return "-" if value is None else format(value, spec)
 
-    lines = [
-        f"Untrained model accuracy: {untrained:.2%}. Trained model accuracy: {trained:.2%}. Tolerance: {atol:g}.",
-        "",
-        "| artifact | format | path | max abs diff | accuracy | optimizer | bytes | x raw | save s | load s | result |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["artifact", "format", "path", "max abs diff", "accuracy", "optimizer", "bytes", "x raw", "save s", "load s", "result"]
+    rows = []
     for c in checks:
         result = "OK" if c.ok else "FAILED: " + "; ".join(c.problems)
         vs_raw = c.bytes / c.raw_bytes if c.bytes and c.raw_bytes else None
-        lines.append(
-            f"| {c.artifact} | {c.format} | {c.path} | {cell(c.max_abs_diff, '.3g')} | {cell(c.accuracy, '.2%')} | {c.optimizer} "
-            f"| {cell(c.bytes, ',')} | {cell(vs_raw, '.2f')} | {cell(c.save_seconds, '.2f')} | {cell(c.load_seconds, '.2f')} | {result} |"
+        rows.append(
+            [c.artifact, c.format, c.path, cell(c.max_abs_diff, ".3g"), cell(c.accuracy, ".2%"), c.optimizer]
+            + [cell(c.bytes, ","), cell(vs_raw, ".2f"), cell(c.save_seconds, ".2f"), cell(c.load_seconds, ".2f"), result]
         )
-    return "\n".join(lines) + "\n"
+    summary = f"Untrained model accuracy: {untrained:.2%}. Trained model accuracy: {trained:.2%}. Tolerance: {atol:g}."
+    return f"{summary}\n\n{markdown_table(header, rows)}\n"
 
 
 @dataclass
@@ -175,42 +175,47 @@ def reload_verify(
     model: keras.Model,
     data: Dataset,
     saved: list[SavedArtifact],
-    checkpoint: Optional[PolicyCheckpoint],
+    checkpoint: Optional[CheckpointRecord],
     fresh_model: Callable[[], keras.Model],
-    settings: Config,
-    paths: RunPaths,
-    tracker: Tracker,
+    cfg: VerifyConfig,
+    ctx: RunContext,
 ) -> Report:
+    """Verify every saved artifact against the trained model, and the last checkpoint against the
+    state it was written from; raises VerificationError, after the report is written, if any fails."""
+    paths = ctx.paths
     with _expected_retracing():
-        ctx = LoadContext(fresh_model=fresh_model, safe_mode=not settings.verify.trust)
-        atol = settings.verify.atol
+        loading = LoadContext(fresh_model=fresh_model, safe_mode=not cfg.trust)
+        atol = cfg.atol
         trained = _trained_reference(model, data)
         untrained = accuracy(predict_logits(fresh_model(), data.x_test), data.y_test)  # first, so the save list does not change it
         checks = []
         for artifact in saved:
             check = Check(artifact.format.name, artifact.format.name, str(artifact.path.relative_to(paths.root)), trained.description)
             check.bytes, check.raw_bytes, check.save_seconds = artifact.bytes, artifact.raw_bytes, artifact.save_seconds
-            checks.append(verify_artifact(check, artifact.format, artifact.path, ctx, trained, artifact.format.carries_optimizer, data, atol))
-
-        if checkpoint is not None and checkpoint.latest is not None:
-            latest = find_latest(paths.checkpoints, checkpoint.format)
-            check = Check("checkpoint", checkpoint.format.name, str(latest.relative_to(paths.root)) if latest else "-", "")
-            reference = _checkpoint_reference(checkpoint, fresh_model, data)
-            check.reference = reference.description
-            if latest != checkpoint.latest.path:
-                check.problems.append(f"newest checkpoint on disk is {latest}, but the last one written was {checkpoint.latest.path}")
-            else:
-                load_from = paths.checkpoints if checkpoint.format.name == "tf_checkpoint" else latest
-                check.bytes = disk_bytes(latest) if latest.exists() else sum(disk_bytes(f) for f in latest.parent.glob(latest.name + ".*"))
-                verify_artifact(check, checkpoint.format, load_from, ctx, reference, carries_optimizer(checkpoint.cfg), data, atol)
-            checks.append(check)
+            checks.append(verify_artifact(check, artifact.format, artifact.path, loading, trained, artifact.format.carries_optimizer, data, atol))
+        if checkpoint is not None:
+            checks.append(_verify_checkpoint(checkpoint, fresh_model, loading, data, atol, paths))
 
         report = Report(untrained, accuracy(trained.predictions, data.y_test), atol, checks)
-        _record(report, paths, tracker)
+        _record(report, paths, ctx.tracker)
         if report.failures:
             details = "; ".join(f"{c.artifact} ({c.path}): {', '.join(c.problems)}" for c in report.failures)
             raise VerificationError(f"reload-verify failed for {len(report.failures)} of {len(checks)} artifacts: {details}. Report: {paths.reports / 'verify.md'}")
         return report
+
+
+def _verify_checkpoint(record: CheckpointRecord, fresh_model, loading: LoadContext, data: Dataset, atol: float, paths: RunPaths) -> Check:
+    """The newest checkpoint on disk, found as a user would find it, must be the last one
+    written and must hold the state it was written from."""
+    latest = record.format.latest_checkpoint(record.path.parent)
+    check = Check("checkpoint", record.format.name, str(latest.relative_to(paths.root)) if latest else "-", "")
+    reference = _checkpoint_reference(record, fresh_model, data)
+    check.reference = reference.description
+    if latest != record.path:
+        check.problems.append(f"newest checkpoint on disk is {latest}, but the last one written was {record.path}")
+        return check
+    check.bytes = sum(disk_bytes(f) for f in record.format.files(latest))
+    return verify_artifact(check, record.format, latest, loading, reference, record.carries_optimizer, data, atol)
 
 
 def _record(report: Report, paths: RunPaths, tracker: Tracker) -> None:

@@ -10,10 +10,12 @@ from pathlib import Path
 import keras
 
 from pipeline.config import SaveOptions
-from pipeline.formats import FORMATS, SaveFormat, atomic_path, raw_state_bytes, rewrite_hdf5
+from pipeline.context import RunContext
+from pipeline.files import atomic_path, disk_bytes
+from pipeline.formats import FORMATS, SaveFormat
+from pipeline.formats.base import raw_state_bytes
+from pipeline.formats.hdf5 import rewrite_hdf5
 from pipeline.inspect import inspect_artifact, render
-from pipeline.paths import RunPaths, disk_bytes
-from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,9 @@ class SavedArtifact:
     raw_bytes: int  # the arrays the format stores, uncompressed: weights, plus optimizer state if carried
 
 
-def save(model: keras.Model, formats: dict[str, SaveOptions], paths: RunPaths, tracker: Tracker) -> list[SavedArtifact]:
+def save(model: keras.Model, formats: dict[str, SaveOptions], ctx: RunContext) -> list[SavedArtifact]:
     """Save in config order; each artifact appears under its final name only once complete."""
+    paths, tracker = ctx.paths, ctx.tracker
     saved = []
     for name, options in formats.items():
         fmt = FORMATS[name]

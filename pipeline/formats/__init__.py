@@ -1,0 +1,42 @@
+"""The one registry of save formats, and the dispatch over it.
+
+Each format is one module (see `base.SaveFormat` for what it provides). The save
+stage, the checkpoint callback, reload-verify, `inspect`, `model.init_weights` and
+the sweep report all go through this table, so a new format is one new module and
+one line below.
+"""
+
+from pathlib import Path
+
+from pipeline.errors import ArtifactError
+from pipeline.formats.base import LoadContext, Restored, SaveFormat
+from pipeline.formats.h5 import H5Format
+from pipeline.formats.keras_v3 import KerasFormat
+from pipeline.formats.savedmodel import SavedModelFormat
+from pipeline.formats.tf_checkpoint import TFCheckpointFormat
+from pipeline.formats.weights import WeightsFormat
+from pipeline.trust import explain_load_failure
+
+FORMATS: dict[str, SaveFormat] = {f.name: f for f in (KerasFormat(), H5Format(), SavedModelFormat(), WeightsFormat(), TFCheckpointFormat())}
+
+
+def detect(path: Path) -> SaveFormat:
+    """Which registered format `path` is in, from its name and, for folders, its files."""
+    if not path.exists() and not path.with_name(path.name + ".index").exists():  # a TF checkpoint prefix names no file itself
+        raise ArtifactError(f"{path} does not exist")
+    for fmt in FORMATS.values():
+        if fmt.detect(path):
+            return fmt
+    raise ArtifactError(f"cannot tell what {path} is: expected {', '.join(fmt.looks_like for fmt in FORMATS.values())}")
+
+
+def load(fmt: SaveFormat, path: Path, ctx: LoadContext) -> Restored:
+    """Load `path` as a user would; any failure becomes one ArtifactError that says what to do."""
+    if not path.exists() and not fmt.files(path):
+        raise ArtifactError(f"{path} does not exist")
+    try:
+        return fmt.load(path, ctx)
+    except ArtifactError:
+        raise
+    except Exception as error:  # Keras, h5py, zipfile and TensorFlow each fail in their own way
+        raise ArtifactError(explain_load_failure(fmt.name, path, error)) from error

@@ -1,0 +1,106 @@
+"""TF checkpoints: `tf.train.Checkpoint` index and data shards, written by `tf.train.CheckpointManager`."""
+
+from pathlib import Path
+from typing import Optional
+
+from pipeline.errors import ArtifactError
+from pipeline.files import files_under
+from pipeline.formats.base import LoadContext, Restored, SaveFormat, build_optimizer, keras_restored
+
+
+def object_graph(model, with_optimizer: bool):
+    """The object graph a TF checkpoint holds: the model, and its optimizer if asked."""
+    import tensorflow as tf
+
+    if with_optimizer:
+        build_optimizer(model)
+        return tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    return tf.train.Checkpoint(model=model)
+
+
+def checkpoint_prefix(path: Path) -> str:
+    """The TF checkpoint a path names: a folder's newest, found as a user would, or a prefix given directly."""
+    import tensorflow as tf
+
+    if path.is_dir():
+        prefix = tf.train.latest_checkpoint(str(path))
+        if prefix is None:
+            raise ArtifactError(f"no TF checkpoint in {path} (tf.train.latest_checkpoint found none)")
+        return prefix
+    return str(path.with_suffix("")) if path.suffix == ".index" else str(path)
+
+
+def checkpoint_variables(prefix: str) -> list[dict]:
+    """Every variable a checkpoint (or a SavedModel's variables/) stores, with shape and dtype."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+    return [{"name": name, "shape": list(shapes[name]), "dtype": dtypes[name].name} for name in sorted(shapes) if name != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+
+
+def render_variables(variables: list[dict]) -> list[str]:
+    return [f"variables ({len(variables)}):"] + [f"  {v['name']}  {tuple(v['shape'])} {v['dtype']}" for v in variables]
+
+
+class ManagedCheckpoints:
+    """Training checkpoints through `tf.train.CheckpointManager`, which keeps the newest `max_to_keep`."""
+
+    def __init__(self, model, directory: Path, prefix: str, with_optimizer: bool, max_to_keep: int):
+        import tensorflow as tf
+
+        self.carries_optimizer = with_optimizer
+        self._manager = tf.train.CheckpointManager(object_graph(model, with_optimizer), str(directory), max_to_keep=max_to_keep, checkpoint_name=prefix)
+
+    def write(self, number: int) -> Path:
+        return Path(self._manager.save(checkpoint_number=number))
+
+
+class TFCheckpointFormat(SaveFormat):
+    name = "tf_checkpoint"
+    suffix = ""
+    description = "tf.train.Checkpoint of model and optimizer"
+    carries_optimizer = True
+    carries_architecture = False
+    looks_like = "a TF checkpoint (folder or prefix)"
+
+    def save(self, model, path: Path) -> None:
+        ManagedCheckpoints(model, path, "ckpt", with_optimizer=True, max_to_keep=1).write(1)
+
+    def load(self, path: Path, ctx: LoadContext) -> Restored:
+        """Restore the newest checkpoint in a folder, or the one a prefix names, into a fresh model."""
+        prefix = checkpoint_prefix(path)
+        model = ctx.fresh_model()
+        object_graph(model, with_optimizer=True).restore(prefix).expect_partial()  # a model-only checkpoint has no optimizer
+        return keras_restored(model)
+
+    def detect(self, path: Path) -> bool:
+        if path.is_dir():
+            return (path / "checkpoint").exists() or any(path.glob("*.index"))
+        return path.suffix == ".index" or path.with_name(path.name + ".index").exists()
+
+    def files(self, path: Path) -> list[Path]:
+        """A folder's files; for a prefix, its index and data shards and the folder's `checkpoint` state."""
+        if path.is_dir():
+            return files_under(path)
+        state = path.parent / "checkpoint"
+        return sorted(path.parent.glob(path.name + ".*")) + ([state] if state.exists() else [])
+
+    def describe(self, path: Path) -> dict:
+        prefix = checkpoint_prefix(path)
+        return {"checkpoint": prefix, "variables": checkpoint_variables(prefix)}
+
+    def render(self, info: dict) -> list[str]:
+        return [f"checkpoint: {info['checkpoint']}", *render_variables(info["variables"])]
+
+    def init_weights(self, model, path: Path) -> None:
+        object_graph(model, with_optimizer=False).restore(checkpoint_prefix(path)).assert_existing_objects_matched()
+
+    def latest_checkpoint(self, directory: Path) -> Optional[Path]:
+        import tensorflow as tf
+
+        prefix = tf.train.latest_checkpoint(str(directory))
+        return Path(prefix) if prefix else None
+
+    def checkpoints(self, model, directory: Path, prefix: str, width: int, with_optimizer: bool, max_to_keep: int) -> ManagedCheckpoints:
+        return ManagedCheckpoints(model, directory, prefix, with_optimizer, max_to_keep)

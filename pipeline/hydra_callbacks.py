@@ -1,0 +1,117 @@
+"""The pipeline's Hydra callbacks (named in conf/config.yaml): refuse an unwritable output
+folder before anything starts, and make each multirun one MLflow picture.
+
+The sweep callback is the only code that knows about sweeps: a parent run per sweep,
+every job's run nested under it, and the sweep report. It passes the parent run's id
+and each job's run name to the jobs through the environment (PIPELINE_PARENT_RUN_ID and
+PIPELINE_RUN_NAME, which conf/config.yaml reads into tracking.*), so they reach jobs in
+other processes too: joblib workers, submitit and SLURM jobs all inherit them. (Not
+MLFLOW_RUN_ID: MLflow would take that as the run to log into, not as a parent.)
+"""
+
+import atexit
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.experimental.callback import Callback
+from mlflow import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import TrackingConfig
+from pipeline.errors import PipelineError, report
+from pipeline.files import unwritable
+from pipeline.sweep_report import child_runs, comparison_figure, report_rows, swept_keys, to_csv, to_markdown
+from pipeline.tracking.store import connect
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
+RUN_NAME_ENV = "PIPELINE_RUN_NAME"
+
+
+class OutputFolderCheck(Callback):
+    """Refuse an output folder that cannot be written, in one line, before Hydra tries to create it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(folder: str) -> None:
+        problem = unwritable(Path(folder))
+        if problem:
+            sys.exit(report(f"cannot write the output folder {folder}: {problem}; choose another with paths.root or hydra.run.dir"))
+
+
+class SweepFailed(PipelineError):
+    """Some jobs of a sweep did not finish."""
+
+
+class MlflowSweepCallback(Callback):
+    def __init__(self) -> None:
+        self.client: Optional[MlflowClient] = None
+        self.parent_id: Optional[str] = None
+        self.sweep_dir: Optional[Path] = None
+        self.swept: Optional[set[str]] = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        tracking = TrackingConfig(uri=config.tracking.uri, experiment=config.tracking.experiment)
+        self.client, experiment_id = connect(tracking, config.paths.root)
+        overrides = " ".join(config.hydra.overrides.task)
+        parent = self.client.create_run(experiment_id, run_name=f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=resolve_tags({"sweep": "parent"}))
+        self.parent_id = parent.info.run_id
+        self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        self.client.log_param(self.parent_id, "sweep.overrides", overrides or "(none)")
+        self.client.log_param(self.parent_id, "sweep.sweeper", config.hydra.sweeper._target_)
+        self.client.log_param(self.parent_id, "sweep.launcher", config.hydra.launcher._target_)
+        if "params" in config.hydra.sweeper and config.hydra.sweeper.params:
+            self.client.log_param(self.parent_id, "sweep.search_space", OmegaConf.to_yaml(config.hydra.sweeper.params))
+        self.swept = swept_keys(config)
+        os.environ[PARENT_ENV] = self.parent_id
+        atexit.register(self.finish)  # a failed job makes Hydra's sweeper raise before on_multirun_end
+        log.info("sweep   | parent run %s; job runs are nested under it", self.parent_id)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Name the job's run from the overrides the sweep varies, e.g. `model=cnn,save=[h5]`.
+
+        This runs in the job's own process, before the task resolves tracking.run_name.
+        """
+        if self.swept is not None:
+            chosen = [o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") in self.swept]
+            os.environ[RUN_NAME_ENV] = ",".join(chosen)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        unfinished = self.finish()
+        if unfinished:
+            raise SweepFailed(f"{len(unfinished)} sweep jobs did not finish: {', '.join(unfinished)}")
+
+    def finish(self) -> list[str]:
+        """Write the report to the parent run and end it; returns the jobs that did not finish."""
+        if self.parent_id is None:
+            return []
+        parent_id, self.parent_id = self.parent_id, None
+        os.environ.pop(PARENT_ENV, None)
+        os.environ.pop(RUN_NAME_ENV, None)
+        atexit.unregister(self.finish)
+        children = child_runs(self.client, parent_id)
+        unfinished = [c.info.run_name for c in children if c.info.status != "FINISHED"]
+        rows = report_rows(children)
+        self.client.log_param(parent_id, "sweep.jobs", len(children))
+        self.client.log_metric(parent_id, "sweep/jobs", len(children))
+        self.client.log_metric(parent_id, "sweep/failed_jobs", len(unfinished))
+        if rows:
+            self.client.log_text(parent_id, to_csv(rows), "sweep/report.csv")
+            self.client.log_text(parent_id, to_markdown(rows), "sweep/report.md")
+            self.client.log_figure(parent_id, comparison_figure(rows), "sweep/comparison.png")
+        if self.sweep_dir and (self.sweep_dir / "multirun.yaml").exists():
+            self.client.log_artifact(parent_id, str(self.sweep_dir / "multirun.yaml"), "sweep")
+        self.client.set_terminated(parent_id, "FAILED" if unfinished or not children else "FINISHED")
+        log.info("sweep   | %d jobs, %d did not finish; report in parent run %s", len(children), len(unfinished), parent_id)
+        return unfinished
