@@ -27,7 +27,10 @@ if os.environ.get("MNIST_NPZ"):
     with np.load(os.environ["MNIST_NPZ"]) as f:
         (train_images, train_labels), (test_images, test_labels) = (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
 else:
-    (train_images, train_labels), (test_images, test_labels) = keras.datasets.mnist.load_data()
+    try:
+        (train_images, train_labels), (test_images, test_labels) = keras.datasets.mnist.load_data()
+    except Exception as error:  # no network: say what to do, as the pipeline does
+        sys.exit(f"error: could not download MNIST ({str(error).splitlines()[0]}); set MNIST_NPZ to a local mnist.npz")
 train_labels, test_labels = train_labels[:n], test_labels[:n]
 train_images = train_images[:n].reshape(-1, 28 * 28) / 255.0
 test_images = test_images[:n].reshape(-1, 28 * 28) / 255.0

@@ -1,19 +1,28 @@
 """`python -m pipeline [overrides]`: the Hydra command line over `pipeline.task.run`."""
 
+import logging
+import os
+import shlex
 import sys
+from typing import NoReturn
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ValueType
-from hydra.errors import OverrideParseException
-from hydra.types import RunMode
-from omegaconf import DictConfig
+from pipeline.console import import_tensorflow, quiet_libraries, set_job_prefix
 
-from pipeline.config import check_override  # importing it registers the schema Hydra validates against
-from pipeline.errors import ConfigError, PipelineError, report
-from pipeline.paths import CONF_DIR
-from pipeline.validation import validate
+quiet_libraries(sys.argv[1:])  # before anything imports TensorFlow
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
+from hydra.core.override_parser.types import ValueType  # noqa: E402
+from hydra.errors import OverrideParseException  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from pipeline.config import check_override  # noqa: E402  (importing it registers the schema Hydra validates against)
+from pipeline.errors import ConfigError, PipelineError, report  # noqa: E402
+from pipeline.interrupts import Interrupted, interruptible  # noqa: E402
+from pipeline.paths import CONF_DIR  # noqa: E402
+from pipeline.validation import validate  # noqa: E402
 
 
 def check_overrides(args: list[str]) -> None:
@@ -23,6 +32,8 @@ def check_overrides(args: list[str]) -> None:
     list (`save=[keras,zip]`), and it reports unknown keys and wrong types in several
     lines of OmegaConf detail. Every value of a sweep (`model=mlp,nope`) is checked.
     """
+    if {"--shell-completion", "-sc"} & set(args):  # its install=/query= words are Hydra's, not overrides
+        return
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
     except OverrideParseException as error:
@@ -43,22 +54,48 @@ def check_overrides(args: list[str]) -> None:
             check_override(key, value)
 
 
+def the_command() -> str:
+    """This command as the user could type it again: what resumes an interrupted run."""
+    python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else "python"
+    return " ".join([python, "-m", "pipeline", *map(shlex.quote, sys.argv[1:])])
+
+
+def exit_interrupted(error: Interrupted) -> NoReturn:
+    """One line, on the console and in pipeline.log: what stopped the job, where, and how to carry on."""
+    if error.run_id is None:
+        message = f"interrupted by {error} before the run started"
+    else:
+        message = f"interrupted by {error}: run {error.run_id} is marked KILLED; run the same command to resume it: {the_command()}"
+    logging.getLogger("pipeline").warning(message)
+    sys.exit(error.exit_code)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    multirun = HydraConfig.get().mode is RunMode.MULTIRUN
+    if multirun:
+        set_job_prefix(f"[{HydraConfig.get().job.num}] ")
     try:
-        validate(cfg)  # before TensorFlow is imported, so bad values fail fast
-        from pipeline.task import run  # here, not at the top: --help and bad input stay fast
+        with interruptible():
+            validate(cfg)  # again: tests and sweepers call the task without the command line's check
+            import_tensorflow()
+            from pipeline.task import run  # here, not at the top: --help and bad input stay fast
 
-        return run(cfg)["trained_accuracy"]  # the objective an Optuna sweep maximizes
+            return run(cfg)["trained_accuracy"]  # the objective an Optuna sweep maximizes
+    except Interrupted as error:
+        exit_interrupted(error)
     except PipelineError as error:
-        if HydraConfig.get().mode is RunMode.MULTIRUN:
+        if multirun:
             raise  # Hydra records the job as failed and the sweep goes on with the others
         sys.exit(report(error))
 
 
 if __name__ == "__main__":
-    try:
-        check_overrides(sys.argv[1:])
-    except ConfigError as error:
-        sys.exit(report(error))
-    main()
+    with interruptible():  # start-up too: Hydra, and the preflight check that imports TensorFlow
+        try:
+            check_overrides(sys.argv[1:])
+            main()
+        except ConfigError as error:
+            sys.exit(report(error))
+        except Interrupted as error:
+            exit_interrupted(error)

@@ -5,11 +5,12 @@ process lines up with a saved one layer for layer.
 """
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import keras
 
-from pipeline.config import ModelConfig, OptimizerConfig
+from pipeline.config import ModelConfig, OptimizerConfig, TrainingConfig
 from pipeline.layers import ResidualDense
 
 
@@ -64,6 +65,11 @@ ARCHITECTURES: dict[str, Architecture] = {
     "cnn": Architecture(_cnn, "image"),
     "residual": Architecture(_residual, "flat"),
 }
+
+
+def model_factory(model_cfg: ModelConfig, training: TrainingConfig, input_shape: tuple, num_classes: int) -> Callable[[], keras.Model]:
+    """The run's one way to make a fresh, compiled model: for training, and for every loader that fills one."""
+    return partial(build_model, model_cfg, training.optimizer, input_shape, num_classes, training.mixed_precision)
 
 
 def build_model(model_cfg: ModelConfig, optimizer_cfg: OptimizerConfig, input_shape: tuple, num_classes: int, mixed_precision: bool = False) -> keras.Model:

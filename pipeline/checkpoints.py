@@ -117,7 +117,7 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         self.latest = CheckpointRecord(
             path=path,
             format=self.format,
-            carries_optimizer=self._writer.carries_optimizer,
+            carries_optimizer=self._writer.carries_optimizer and optimizer.built,  # before the first step (cp-0000) there is no state yet
             epoch=epoch,
             step=step,
             weights=self.model.get_weights(),

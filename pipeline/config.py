@@ -160,7 +160,7 @@ class TrainingConfig:
     epochs: int = MISSING
     batch_size: int = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    verbose: int = 1  # Keras's fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
+    verbose: int = 1  # 0 silent; 1 Keras's progress bar on a terminal, one line per epoch elsewhere; 2 one line per epoch
     # Keras's "mixed_bfloat16" policy: bf16 compute, float32 weights. Faster on a CPU with
     # AVX512_BF16 (benchmarks/run.py measures it); off by default, as the tutorial trains in float32.
     # (XLA's jit_compile was measured too, and was 2-7x slower here, so it is not offered.)
@@ -199,7 +199,7 @@ class RegistryConfig:
 @dataclass
 class PathsConfig:
     root: str = "outputs"  # run folders and the default MLflow store live here
-    output_dir: str = MISSING  # this job's folder; Hydra's run dir when started from the CLI
+    output_dir: Optional[str] = None  # this job's folder; Hydra's run dir when started from the CLI
 
 
 @dataclass

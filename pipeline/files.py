@@ -6,6 +6,7 @@ crash, kill or full disk never leaves a half-written file that looks complete.
 
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -99,4 +100,8 @@ def unwritable(folder: Path) -> Optional[str]:
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable"
+    try:  # root passes every access check, yet cannot write to /proc or a read-only mount
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".write-check-"))
+    except OSError as error:
+        return f"{existing} is not writable ({os.strerror(error.errno) if error.errno else error})"
     return None

@@ -17,16 +17,14 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from mlflow import MlflowClient
-from mlflow.tracking.context.registry import resolve_tags
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import TrackingConfig
 from pipeline.errors import PipelineError, report
 from pipeline.files import unwritable
-from pipeline.sweep_report import child_runs, comparison_figure, report_rows, swept_keys, to_csv, to_markdown
-from pipeline.tracking.store import connect
+from pipeline.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +32,25 @@ PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
 RUN_NAME_ENV = "PIPELINE_RUN_NAME"
 
 
-class OutputFolderCheck(Callback):
-    """Refuse an output folder that cannot be written, in one line, before Hydra tries to create it."""
+class PreflightCheck(Callback):
+    """Refuse bad input in one line before Hydra creates the job's folder: an output folder that
+    cannot be written, and (for a single run) any config value or path the checks can judge."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.run.dir)
+        self._check_folder(config.hydra.run.dir)
+        HydraConfig.instance().set_config(config)  # as Hydra itself does next, so ${hydra:...} resolves
+        job = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        job.paths.output_dir = config.hydra.run.dir  # what Hydra's runtime.output_dir will be
+        try:
+            validate(job)
+        except PipelineError as error:
+            sys.exit(report(error))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.sweep.dir)
+        self._check_folder(config.hydra.sweep.dir)
 
     @staticmethod
-    def _check(folder: str) -> None:
+    def _check_folder(folder: str) -> None:
         problem = unwritable(Path(folder))
         if problem:
             sys.exit(report(f"cannot write the output folder {folder}: {problem}; choose another with paths.root or hydra.run.dir"))
@@ -55,13 +61,20 @@ class SweepFailed(PipelineError):
 
 
 class MlflowSweepCallback(Callback):
+    """MLflow is imported only when a sweep starts: a single run, or refused input, does not wait for it here."""
+
     def __init__(self) -> None:
-        self.client: Optional[MlflowClient] = None
+        self.client = None
         self.parent_id: Optional[str] = None
         self.sweep_dir: Optional[Path] = None
         self.swept: Optional[set[str]] = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        from pipeline.sweep_report import swept_keys
+        from pipeline.tracking.store import connect
+
         tracking = TrackingConfig(uri=config.tracking.uri, experiment=config.tracking.experiment)
         self.client, experiment_id = connect(tracking, config.paths.root)
         overrides = " ".join(config.hydra.overrides.task)
@@ -96,6 +109,8 @@ class MlflowSweepCallback(Callback):
         """Write the report to the parent run and end it; returns the jobs that did not finish."""
         if self.parent_id is None:
             return []
+        from pipeline.sweep_report import child_runs, comparison_figure, report_rows, to_csv, to_markdown
+
         parent_id, self.parent_id = self.parent_id, None
         os.environ.pop(PARENT_ENV, None)
         os.environ.pop(RUN_NAME_ENV, None)

@@ -1,9 +1,11 @@
-"""`python -m pipeline.inspect PATH [--json] [--load [--trust] [--import MODULE]]`: what a saved artifact holds.
+"""`python -m pipeline.inspect PATH [--full] [--json] [--load [--trust] [--import MODULE] [--config CONFIG]]`:
+what a saved artifact holds.
 
 The tutorial's HDF5 appendix as a tool. It reads files without running anything
-they contain; each format describes its own files (see `pipeline.formats`).
-`--load` then loads the artifact the way reload-verify does, under Keras's
-safe_mode unless `--trust` is given.
+they contain, and without TensorFlow for `.keras`, `.h5` and `.weights.h5` files;
+each format describes its own files (see `pipeline.formats`). `--load` then loads
+the artifact the way reload-verify does, under Keras's safe_mode unless `--trust`
+is given; weights without an architecture load into the model a run's config builds.
 """
 
 import argparse
@@ -11,8 +13,9 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+from pipeline.console import import_tensorflow, plain_console, quiet_libraries
 from pipeline.errors import ArtifactError, PipelineError, report, unreadable
 from pipeline.files import disk_bytes
 from pipeline.formats import FORMATS, LoadContext, detect, load
@@ -21,6 +24,8 @@ from pipeline.formats import FORMATS, LoadContext, detect, load
 def inspect_artifact(path: Path) -> dict:
     """What `path` holds, as JSON-able data; any unreadable file becomes one ArtifactError."""
     fmt = detect(path)
+    if not fmt.described_without_tensorflow:
+        import_tensorflow()
     try:
         details = fmt.describe(path)
     except ArtifactError:
@@ -30,19 +35,40 @@ def inspect_artifact(path: Path) -> dict:
     return {"path": str(path), "format": fmt.name, "bytes": disk_bytes(path) if path.exists() else None, **details}
 
 
-def load_summary(path: Path, format_name: str, trust: bool) -> dict:
+def model_from_run_config(config: Path) -> Callable:
+    """A fresh model built as the run whose resolved `config.yaml` this is built it (its data gives the shapes)."""
+    from omegaconf import OmegaConf
+
+    from pipeline.architectures import ARCHITECTURES, model_factory
+    from pipeline.stages.data import load_data
+    from pipeline.validation import validate
+
+    try:
+        settings = validate(OmegaConf.load(config))
+    except (OSError, ValueError) as error:  # a missing file, or YAML that is not a config
+        raise PipelineError(f"--config {config}: {unreadable(config, 'run config', error)}") from None
+    data = load_data(settings.data, ARCHITECTURES[settings.model.architecture].layout)
+    return model_factory(settings.model, settings.training, data.input_shape, data.num_classes)
+
+
+def load_summary(path: Path, format_name: str, trust: bool, config: Optional[Path] = None) -> dict:
     """Load the artifact as reload-verify does, and say what came back."""
     fmt = FORMATS[format_name]
-    if not fmt.carries_architecture:
-        raise ArtifactError(f"{path} holds weights but no architecture, so it loads only into a model built from the config (reload-verify does this)")
-    return fmt.summarize(load(fmt, path, LoadContext(fresh_model=lambda: None, safe_mode=not trust)))
+    if not fmt.carries_architecture and config is None:
+        raise ArtifactError(
+            f"{path} holds weights but no architecture: pass --config outputs/runs/<date_time>/config.yaml of the run that wrote it, "
+            "and it loads into the model that config builds"
+        )
+    import_tensorflow()
+    fresh_model = model_from_run_config(config) if config is not None else lambda: None
+    return fmt.summarize(load(fmt, path, LoadContext(fresh_model=fresh_model, safe_mode=not trust)))
 
 
-def render(info: dict) -> str:
-    """The inspection as text for people; `--json` gives the same data for machines."""
+def render(info: dict, full: bool = False) -> str:
+    """The inspection as text for people, at a glance or in `full`; `--json` gives all the data for machines."""
     fmt = FORMATS[info["format"]]
     size = f", {info['bytes']:,} bytes" if info.get("bytes") is not None else ""
-    lines = [f"{info['path']}: {fmt.name} ({fmt.description}{size})", *fmt.render(info)]
+    lines = [f"{info['path']}: {fmt.name} ({fmt.description}{size})", *fmt.render(info, full)]
     if "code" in info:
         lines.append(f"code: {', '.join(info['code'])} (refused by safe_mode)" if info["code"] else "code: none (loads under safe_mode)")
         missing = set(info["unregistered_classes"])
@@ -55,26 +81,35 @@ def render(info: dict) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.inspect", description="Show what a saved model, weights file or checkpoint holds.")
     parser.add_argument("path", type=Path, help="a .keras, .h5 or .weights.h5 file, a SavedModel folder, or a TF checkpoint (folder or prefix)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text (everything there is)")
+    parser.add_argument("--full", action="store_true", help="show everything: the whole config and every array, not the summary")
     parser.add_argument("--load", action="store_true", help="also load it as reload-verify does (Keras safe_mode on)")
     parser.add_argument("--trust", action="store_true", help="with --load: turn safe_mode off, allowing code stored in the file to run")
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE", help="import MODULE first, to register its custom classes")
+    parser.add_argument("--config", type=Path, help="with --load, for weights-only files and TF checkpoints: the config.yaml of the run that wrote them")
     args = parser.parse_args(argv)
-    if args.trust and not args.load:
-        parser.error("--trust only applies with --load")
+    if (args.trust or args.config) and not args.load:
+        parser.error("--trust and --config only apply with --load")
+    quiet_libraries()
+    plain_console()
     try:
         for module in args.imports:
+            import_tensorflow()  # a module that registers Keras classes imports Keras
             try:
                 importlib.import_module(module)
             except ImportError as error:
                 raise PipelineError(f"--import {module}: {error}") from None
         info = inspect_artifact(args.path)
-        if args.load:
-            info["loaded"] = load_summary(args.path, info["format"], args.trust)
     except PipelineError as error:
         return report(error)
-    print(json.dumps(info, indent=2, default=str) if args.json else render(info))
-    return 0
+    problem = None
+    if args.load:
+        try:
+            info["loaded"] = load_summary(args.path, info["format"], args.trust, args.config)
+        except PipelineError as error:  # the inspection is still worth printing
+            problem = error
+    print(json.dumps(info, indent=2, default=str) if args.json else render(info, args.full))
+    return report(problem) if problem else 0
 
 
 if __name__ == "__main__":

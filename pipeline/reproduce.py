@@ -8,7 +8,6 @@ source run could not be used.
 """
 
 import argparse
-import logging
 import sys
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
+from pipeline.console import import_tensorflow, plain_console, quiet_libraries
 from pipeline.errors import PipelineError, report
 from pipeline.tracking.store import command_line_tracking_uri
 
@@ -58,8 +58,10 @@ def reproduce(run_id: str, tracking_uri: str) -> tuple[str, list[str]]:
     cfg.tracking.uri = tracking_uri
     cfg.tracking.experiment = client.get_experiment(source.info.experiment_id).name
     cfg.tracking.tags = {**cfg.tracking.tags, "reproduced_from": run_id}
+    cfg.tracking.run_name = f"reproduce-of-{source.info.run_name}"
     cfg.resume = None
-    from pipeline.task import run  # TensorFlow is imported only once the source run is known to be usable
+    import_tensorflow()  # only once the source run is known to be usable
+    from pipeline.task import run
 
     run(cfg)
     (new,) = client.search_runs([source.info.experiment_id], f"tags.reproduced_from = '{run_id}'", order_by=["attributes.start_time DESC"], max_results=1)
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_id", help="the MLflow run to reproduce")
     parser.add_argument("--tracking-uri", default=command_line_tracking_uri(), help="default: MLFLOW_TRACKING_URI, else outputs/mlflow.db")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    quiet_libraries()
+    plain_console()
     try:
         new_id, found = reproduce(args.run_id, args.tracking_uri)
     except PipelineError as error:

@@ -59,17 +59,32 @@ def to_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def _cell(value) -> str:
+def size_text(size: float) -> str:
+    """Bytes as people read them: 484 kB, 4.9 MB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size:.0f} B"
+
+
+def _cell(column: str, value) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
+    if column.endswith("accuracy"):
+        return f"{value:.1%}"
+    if column.endswith("file_bytes"):
+        return size_text(value)
+    if column.endswith("_seconds"):
+        return f"{value:.2f} s"
+    if column.endswith("verified"):
+        return "yes" if value == 1.0 else "NO"
     return str(value)
 
 
 def to_markdown(rows: list[dict]) -> str:
+    """The CSV's rows for people: sizes in kB and MB, accuracy in percent, the run id left out."""
     columns = [c for c in rows[0] if c != "run_id"]
-    return "# Sweep report\n\n" + markdown_table(columns, [[_cell(row[c]) for c in columns] for row in rows]) + "\n"
+    return "# Sweep report\n\n" + markdown_table(columns, [[_cell(c, row[c]) for c in columns] for row in rows]) + "\n"
 
 
 def comparison_figure(rows: list[dict]):

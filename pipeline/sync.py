@@ -6,7 +6,6 @@ and the folder holds its artifacts. They become one new run, tagged `synced_from
 """
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from omegaconf import OmegaConf
 
 from pipeline.config import TrackingConfig
+from pipeline.console import plain_console, quiet_libraries
 from pipeline.errors import PipelineError, report
 from pipeline.paths import RunPaths
 from pipeline.tracking.journal import JOURNAL, journaled, upload_journaled
@@ -27,6 +27,9 @@ def sync(output_dir: Path, tracking_uri: str) -> str:
         raise PipelineError(f"{output_dir} is not a pipeline output folder: it has no {JOURNAL} or config.yaml")
     config = OmegaConf.load(paths.resolved_config)
     client, experiment_id = connect(TrackingConfig(uri=tracking_uri, experiment=config.tracking.experiment), config.paths.root)
+    already = client.search_runs([experiment_id], f"tags.output_dir = '{paths.root}'", max_results=1)
+    if already:
+        raise PipelineError(f"{output_dir} is already in {tracking_uri} as run {already[0].info.run_id}; nothing was uploaded")
 
     logged = journaled(paths.root / JOURNAL)
     logged.tags = {k: v for k, v in logged.tags.items() if k != "mlflow_model_uri"}  # that model lives in the original store
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output_dir", type=Path, help="a job's output folder, e.g. outputs/runs/2026-11-24_07-03-04")
     parser.add_argument("--tracking-uri", default=command_line_tracking_uri(), help="default: MLFLOW_TRACKING_URI, else outputs/mlflow.db")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_libraries()
+    plain_console()
     try:
         run_id = sync(args.output_dir, args.tracking_uri)
     except PipelineError as error:

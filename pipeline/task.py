@@ -5,19 +5,21 @@ config before anything is loaded, opens (or, to resume, reopens) one MLflow run
 around the stages, and returns the metrics the run logged.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
-from functools import partial
 from pathlib import Path
 
 import keras
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.architectures import ARCHITECTURES, build_model
+from pipeline.architectures import ARCHITECTURES, model_factory
 from pipeline.config import Config
+from pipeline.console import move_log_file
 from pipeline.context import RunContext
 from pipeline.determinism import seed_everything
 from pipeline.errors import PipelineError
@@ -72,6 +74,23 @@ def command_line_overrides() -> dict:
     return {"overrides": " ".join(HydraConfig.get().overrides.task) or "(none)"}
 
 
+def default_run_name(settings: Config) -> str:
+    """A name that says what the run is, e.g. `mlp-every_epoch-keras`, for runs with no overrides to name them."""
+    return f"{settings.model.architecture}-{settings.checkpoint.policy.value}-{','.join(settings.save)}"
+
+
+def continue_in(folder: Path) -> None:
+    """A resumed run keeps its first folder: this session's log is appended to that folder's
+    pipeline.log, and the folder Hydra made for this session goes, unless it holds more than that."""
+    session_log = move_log_file(folder / "pipeline.log")
+    log.info("resume  | resuming in %s", folder)
+    if session_log is None or session_log.parent == folder:
+        return
+    session = session_log.parent
+    if {p.name for p in session.iterdir()} <= {".hydra", session_log.name}:
+        shutil.rmtree(session)
+
+
 def run_tags(settings: Config, digest: str, output_dir: Path) -> dict:
     return {
         "architecture": settings.model.architecture,
@@ -122,30 +141,42 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise PipelineError(f"cannot write the output folder {paths.root}: {problem}")
     paths.root.mkdir(parents=True, exist_ok=True)
 
+    if resumed:
+        continue_in(paths.root)
     tags = run_tags(settings, digest, paths.root)
-    with tracked_run(client, experiment_id, settings.tracking, paths.root, tags, resume_run_id=resumed[0] if resumed else None) as tracker:
+    tracking = dataclasses.replace(settings.tracking, run_name=settings.tracking.run_name or default_run_name(settings))
+    with tracked_run(client, experiment_id, tracking, paths.root, tags, resume_run_id=resumed[0] if resumed else None) as tracker:
         ctx = RunContext(paths, tracker)
-        if not resumed:
-            _log_inputs(resolved_cfg, paths, tracker)
-        seed_everything(settings.seed, settings.deterministic)
+        progress = ctx.progress
+        with progress.noted(tracker.run_id):
+            if not resumed:
+                _log_inputs(resolved_cfg, paths, tracker)
+            seed_everything(settings.seed, settings.deterministic)
 
-        data = load_data(settings.data, ARCHITECTURES[settings.model.architecture].layout)
-        if not resumed:
-            _log_datasets(data, tracker)
-        training = settings.training
-        fresh_model = partial(build_model, settings.model, training.optimizer, data.input_shape, data.num_classes, training.mixed_precision)
-        model = build(fresh_model, settings.model, training, ctx)
+            progress.stage = "data"
+            data = load_data(settings.data, ARCHITECTURES[settings.model.architecture].layout)
+            if not resumed:
+                _log_datasets(data, tracker)
+            training = settings.training
+            fresh_model = model_factory(settings.model, training, data.input_shape, data.num_classes)
+            progress.stage = "build"
+            model = build(fresh_model, settings.model, training, ctx)
 
-        checkpoint = fit(model, data, training, settings.checkpoint, settings.callbacks, settings.seed, ctx, resuming=resumed is not None)
-        tracker.set_tags({"weights_sha256": weights_digest(model)})
-        history = tracker.metric_histories(["loss", "accuracy", "val_loss", "val_accuracy"])
-        title = f"{model.name} on {data.name}"
-        tracker.background(lambda: tracker.log_files([plot_training_curves(history, paths.plots / "training_curves.png", title)]))
+            progress.stage = "fit"
+            checkpoint = fit(model, data, training, settings.checkpoint, settings.callbacks, settings.seed, ctx, resuming=resumed is not None)
+            progress.epoch = progress.step = None
+            tracker.set_tags({"weights_sha256": weights_digest(model)})
+            history = tracker.metric_histories(["loss", "accuracy", "val_loss", "val_accuracy"])
+            title = f"{model.name} on {data.name}"
+            tracker.background(lambda: tracker.log_files([plot_training_curves(history, paths.plots / "training_curves.png", title)]))
 
-        saved = save(model, settings.save, ctx)
-        tracker.log_keras_model(model, data.x_test[:8], settings.registry.name, settings.registry.alias)
-        report = reload_verify(model, data, saved, checkpoint, fresh_model, settings.verify, ctx)
-        tracker.log_metrics({"run_seconds": time.perf_counter() - start})  # the job's work, after imports
-        metrics = tracker.latest_metrics()
-        log.info("done    | run %s: trained accuracy %.2f%%, outputs in %s", tracker.run_id, 100 * report.trained_accuracy, paths.root)
+            progress.stage = "save"
+            saved = save(model, settings.save, ctx)
+            tracker.log_keras_model(model, data.x_test[:8], settings.registry.name, settings.registry.alias)
+            progress.stage = "verify"
+            report = reload_verify(model, data, saved, checkpoint, fresh_model, settings.verify, ctx)
+            tracker.log_metrics({"run_seconds": time.perf_counter() - start})  # the job's work, after imports
+            metrics = tracker.latest_metrics()
+            progress.stage = "tracking"  # what is left: waiting for the last uploads
+    log.info("done    | run %s: trained accuracy %.2f%%, outputs in %s", tracker.run_id, 100 * report.trained_accuracy, paths.root)
     return metrics

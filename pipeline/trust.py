@@ -71,7 +71,10 @@ def custom_classes(config: dict) -> list[str]:
 
 
 def unregistered(classes: list[str]) -> list[str]:
-    """The classes among `classes` that no imported module has registered with Keras."""
+    """The classes among `classes` that no imported module has registered with Keras.
+    (Keras, and so TensorFlow, is imported only when there is a class to look up.)"""
+    if not classes:
+        return []
     import keras
 
     import pipeline.layers  # noqa: F401  (registers the pipeline's own custom layer)

@@ -8,9 +8,10 @@ Everything is checked here before any data is loaded or any MLflow run is starte
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import Config, require
+from pipeline.console import import_tensorflow
 from pipeline.errors import ConfigError
 from pipeline.formats import FORMATS
-from pipeline.stages.data import DATASETS
+from pipeline.stages.data import DATASETS, check_source
 
 
 def require_choice(key: str, value: str, valid) -> None:
@@ -26,7 +27,9 @@ def validate(cfg: DictConfig) -> Config:
         raise ConfigError(str(error).splitlines()[0]) from None
     _check_formats(settings)
     require_choice("data.name", settings.data.name, DATASETS)
+    require(settings.paths.output_dir is not None, "paths.output_dir is not set: run from the command line, or set it to the job's folder")
     settings.check()
+    check_source(settings.data)
     # These two import Keras (and TensorFlow): the others go first, so most bad values fail in a second.
     _check_architecture(settings.model.architecture)
     _check_optimizer(settings.training.optimizer.name)
@@ -42,6 +45,7 @@ def _check_formats(settings: Config) -> None:
 
 
 def _check_architecture(name: str) -> None:
+    import_tensorflow()  # the architectures are Keras code
     from pipeline.architectures import ARCHITECTURES
 
     require_choice("model.architecture", name, ARCHITECTURES)

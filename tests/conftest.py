@@ -5,6 +5,7 @@ download; the tutorial test uses MNIST from MNIST_NPZ (or Keras's own cache).
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -79,6 +80,17 @@ def only_run(client: MlflowClient):
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert len(runs) == 1, [r.info.run_id for r in runs]
     return runs[0]
+
+
+STAGE_LINE = re.compile(r"^(mlflow|resume|data|build|fit|save|verify|done) +\| ")
+
+
+def assert_only_pipeline_lines(output: str) -> None:
+    """Every line a run printed is one of the pipeline's stage lines: no TensorFlow, absl, CUDA, oneDNN
+    or MLflow set-up line, no warning about what the pipeline does on purpose, no terminal escape codes."""
+    assert "\x1b" not in output
+    others = [line for line in output.splitlines() if line.strip() and not STAGE_LINE.match(line)]
+    assert others == []
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -36,5 +36,5 @@ class NpzFormat(SaveFormat):
         with np.load(path) as arrays:
             return {"arrays": {name: {"shape": list(arrays[name].shape), "dtype": str(arrays[name].dtype)} for name in arrays.files}}
 
-    def render(self, info: dict) -> list[str]:
+    def render(self, info: dict, full: bool = False) -> list[str]:
         return [f"  {name}  {tuple(a['shape'])} {a['dtype']}" for name, a in info["arrays"].items()]

@@ -81,6 +81,8 @@ def test_unknown_choice_names_the_valid_ones(make_cfg):
         (["save=[]"], "error: save must name at least one format: keras, h5, savedmodel, weights, tf_checkpoint"),
         (["hydra.run.dir={tmp}/a_file/run"], "error: cannot write the output folder {tmp}/a_file/run: {tmp}/a_file is a file, not a folder"),
         (["paths.root={tmp}/a_file/outputs"], "error: cannot write the output folder {tmp}/a_file/outputs/runs/"),
+        (["paths.root=/proc/x"], "error: cannot write the output folder /proc/x/runs/"),  # root passes access checks there
+        (["data.path={tmp}/missing.npz"], "error: data.path: no file at {tmp}/missing.npz"),
     ],
 )
 def test_cli_refuses_bad_input_in_one_line_before_any_work(overrides, expected, tmp_path):
@@ -93,3 +95,4 @@ def test_cli_refuses_bad_input_in_one_line_before_any_work(overrides, expected, 
     assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
     assert "tensorflow" not in result.stderr.lower()  # refused before TensorFlow was even imported
     assert MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}").get_experiment_by_name(EXPERIMENT) is None  # refused before any run
+    assert not (tmp_path / "outputs" / "runs").exists()  # and before Hydra made the job's folder

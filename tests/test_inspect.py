@@ -2,6 +2,7 @@
 code in a model is refused unless trusted, and a missing custom class is named."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -51,7 +52,7 @@ def inspect_text(capsys, *args) -> str:
 
 
 def test_h5_shows_hierarchy_datasets_and_keras_attributes(saved, capsys):
-    text = inspect_text(capsys, saved["h5"])
+    text = inspect_text(capsys, saved["h5"], "--full")
 
     for expected in ("attributes:", "backend: tensorflow", f"keras_version: {keras.__version__}", '"class_name": "Sequential"', '"optimizer_config"'):
         assert expected in text, expected
@@ -61,7 +62,7 @@ def test_h5_shows_hierarchy_datasets_and_keras_attributes(saved, capsys):
 
 
 def test_keras_zip_shows_config_metadata_and_inner_weights(saved, capsys):
-    text = inspect_text(capsys, saved["keras"])
+    text = inspect_text(capsys, saved["keras"], "--full")
 
     assert "files: metadata.json" in text and "model.weights.h5 (" in text
     assert f'metadata.json: {{"keras_version": "{keras.__version__}"' in text
@@ -70,13 +71,52 @@ def test_keras_zip_shows_config_metadata_and_inner_weights(saved, capsys):
 
 
 def test_weights_file_shows_layers_and_optimizer_variables(saved, capsys):
-    text = inspect_text(capsys, saved["weights"])
+    text = inspect_text(capsys, saved["weights"], "--full")
 
     assert "layers/" in text and "optimizer/" in text and "@name: adam" in text
     info = inspect_artifact(saved["weights"])
     parameters = fresh_mlp().count_params()
     assert info["values"] > parameters  # the optimizer's moments are in the file too
     assert info["raw_bytes"] == sum(e["raw_bytes"] for e in info["entries"] if e["type"] == "dataset")
+
+
+@pytest.mark.parametrize("name", ["keras", "h5"])
+def test_the_default_view_is_a_layer_table(name, saved, capsys):
+    text = inspect_text(capsys, saved[name])
+
+    assert "model: Sequential 'mlp'" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith("  ") and not line.startswith("  layer")}
+    assert rows["hidden"][1:] == ["Dense", "units", "32,", "activation", "relu", f"{INPUTS * 32 + 32:,}"]
+    assert rows["dropout"][1:] == ["Dropout", "rate", "0.2", "0"] and rows["logits"][-1] == f"{32 * CLASSES + CLASSES:,}"
+    assert "compiled: optimizer Adam(learning_rate=0.001), loss SparseCategoricalCrossentropy(from_logits=True), metrics accuracy" in text
+    assert f"values: {fresh_mlp().count_params():,} in the layers" in text
+    assert "config.json: {" not in text and '"class_name"' not in text  # the raw config is for --full
+    assert len(text.splitlines()) < 15
+
+
+def test_weights_view_names_layers_from_the_file(saved, capsys):
+    text = inspect_text(capsys, saved["weights"])
+
+    assert "the architecture is not in it" in text
+    assert [line.split() for line in text.splitlines()[2:5]] == [["layer", "values"], ["hidden", f"{INPUTS * 32 + 32:,}"], ["logits", f"{32 * CLASSES + CLASSES:,}"]]
+
+
+def test_hdf5_and_keras_files_are_read_without_tensorflow(saved):
+    """Metadata from zipfile, json and h5py: a fraction of a second, where importing TensorFlow takes seconds."""
+    script = "import sys; from pipeline.inspect import main; code = main(sys.argv[1:]); assert 'tensorflow' not in sys.modules, 'imported'; sys.exit(code)"
+    for name in ("keras", "h5", "weights"):
+        result = subprocess.run([sys.executable, "-c", script, str(saved[name])], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT)})
+        assert result.returncode == 0, (name, result.stderr[-2000:])
+        assert result.stdout.startswith(f"{saved[name]}: {name} (") and result.stderr == ""
+
+
+def test_load_works_on_a_model_saved_before_compile(tmp_path, capsys):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="out")])
+    model.save(tmp_path / "uncompiled.keras")
+
+    text = inspect_text(capsys, tmp_path / "uncompiled.keras", "--load")
+    assert "compiled: no (saved before compile)" in text
+    assert "loaded: class Sequential, layers 1, parameters 8, optimizer None, optimizer_iterations None" in text
 
 
 def test_savedmodel_shows_signatures_with_specs(saved, capsys):
@@ -115,7 +155,7 @@ def test_unknown_path_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_compressed_hdf5_is_smaller_and_keras_still_reads_it(make_cfg, client, tmp_path):
+def test_compressed_hdf5_is_smaller_and_keras_still_reads_it(make_cfg, client, tmp_path, capsys):
     """gzip+shuffle for the weights file, lzf with a chunk size for the whole-model .h5: both verify."""
     metrics = run(
         make_cfg(
@@ -139,6 +179,15 @@ def test_compressed_hdf5_is_smaller_and_keras_still_reads_it(make_cfg, client, t
     verify_report = (tmp_path / "job" / "reports" / "verify.md").read_text()
     assert "| x raw |" in verify_report
     assert only_run(client).info.status == "FINISHED"
+
+    # Weights alone load only into a model built as the run built it: the run's config says how.
+    capsys.readouterr()
+    assert main([str(weights), "--load"]) == 1
+    refused = capsys.readouterr()
+    assert refused.out.startswith(f"{weights}: weights (")  # the inspection is printed all the same
+    assert refused.err.strip() == f"error: {weights} holds weights but no architecture: pass --config outputs/runs/<date_time>/config.yaml of the run that wrote it, and it loads into the model that config builds"
+    text = inspect_text(capsys, weights, "--load", "--config", tmp_path / "job" / "config.yaml")
+    assert f"loaded: class Sequential, layers 3, parameters 38410, optimizer Adam, optimizer_iterations {2 * math.ceil(1200 / 32)}" in text
 
 
 def test_compression_is_refused_for_formats_that_are_not_hdf5(make_cfg):

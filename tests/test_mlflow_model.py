@@ -1,6 +1,7 @@
 """The trained model as an MLflow model: loadable with pyfunc, registered with an alias, served over REST."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,8 +19,9 @@ from pipeline.task import run
 QUICK = ["data=digits", "data.train_size=256", "data.test_size=64", "training.epochs=2", "checkpoint=none"]
 
 
-def test_logged_model_loads_with_pyfunc_and_is_registered(make_cfg, client, tmp_path, monkeypatch):
+def test_logged_model_loads_with_pyfunc_and_is_registered(make_cfg, client, tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)  # MLflow's process-global defaults would write ./mlruns here
+    caplog.set_level(logging.INFO, logger="pipeline")
     run(make_cfg(*QUICK, "model=residual", "registry.name=digits-residual"))
 
     logged = only_run(client)
@@ -39,7 +41,10 @@ def test_logged_model_loads_with_pyfunc_and_is_registered(make_cfg, client, tmp_
     np.testing.assert_allclose(np.asarray(served), own, atol=1e-5)
 
     version = client.get_model_version_by_alias("digits-residual", "candidate")
-    assert version.run_id == logged.info.run_id and version.source == uri
+    assert version.run_id == logged.info.run_id and version.source == model.artifact_location
+    served_by_alias = mlflow.pyfunc.load_model("models:/digits-residual@candidate").predict(x)  # as the README loads it
+    np.testing.assert_allclose(np.asarray(served_by_alias), own, atol=1e-5)
+    assert f"mlflow  | logged the model as {uri}, registered as digits-residual version {version.version} (alias 'candidate')" in caplog.messages
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EXPERIMENT, PROJECT, only_run, run_cli
+from conftest import EXPERIMENT, PROJECT, assert_only_pipeline_lines, only_run, run_cli
 from pipeline.determinism import training_dataset
 from pipeline.errors import ConfigError
 from pipeline.files import atomic_path
@@ -115,8 +115,9 @@ def test_reproduce_reruns_a_logged_run_and_reports_identical(make_cfg, client, t
 
     assert result.returncode == 0, result.stdout[-2000:]
     assert "identical: run" in result.stdout
+    assert_only_pipeline_lines(result.stderr)  # the re-run's stage lines, quiet as the main command's
     (rerun,) = client.search_runs([source.info.experiment_id], f"tags.reproduced_from = '{source.info.run_id}'")
-    assert rerun.info.status == "FINISHED"
+    assert rerun.info.status == "FINISHED" and rerun.info.run_name == f"reproduce-of-{source.info.run_name}"
     assert rerun.data.tags["weights_sha256"] == source.data.tags["weights_sha256"]
 
     # A source whose recorded digest does not match what its config produces is reported, with exit 1.

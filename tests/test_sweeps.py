@@ -3,6 +3,7 @@ one nested run per job, a sweep report, and failed jobs handled without stopping
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -34,10 +35,12 @@ def report(client: MlflowClient, parent, tmp_path: Path) -> list[dict]:
 
 def test_grid_sweep_in_parallel_is_one_parent_with_a_run_per_job(tmp_path):
     """Through joblib's worker processes; the other sweep tests use the basic launcher."""
-    result = run_cli("-m", *SMALL, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp,cnn", "save=[keras],[h5,weights]", cwd=tmp_path)
+    result = run_cli("-m", "model=mlp,cnn", "save=[keras],[h5,weights]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL, cwd=tmp_path)  # as in the README
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "database is locked" not in output
+    for job in range(4):  # parallel jobs' lines tell which job they come from
+        assert re.search(rf"^\[{job}\] done    \| run ", result.stdout, re.M), job
 
     client, parent, children = sweep_runs(tmp_path)
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
@@ -57,6 +60,12 @@ def test_grid_sweep_in_parallel_is_one_parent_with_a_run_per_job(tmp_path):
         assert 0 < float(by_job[job]["trained_accuracy"]) <= 1
     table = Path(client.download_artifacts(parent.info.run_id, "sweep/report.md", str(tmp_path))).read_text()
     assert all(f"| {c.info.run_name} |" in table for c in children)
+    mlp_h5 = next(line for line in table.splitlines() if line.startswith("| model=mlp,save=[h5,weights] |"))
+    cells = [c.strip() for c in mlp_h5.strip("|").split("|")]
+    header = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+    row = dict(zip(header, cells))
+    assert re.fullmatch(r"\d+\.\d%", row["trained_accuracy"]) and row["h5/verified"] == "yes"
+    assert re.fullmatch(r"[\d.]+ kB", row["weights/file_bytes"]) and re.fullmatch(r"\d+\.\d\d s", row["h5/save_seconds"])
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
     assert all((sweep_dir / str(i) / "saved").is_dir() for i in range(4))
@@ -78,7 +87,7 @@ def test_a_failing_job_fails_alone(tmp_path):
 
 
 def test_optuna_search_nests_every_trial(tmp_path):
-    result = run_cli("-m", "hparams_search=mlp_optuna", "hydra.sweeper.n_trials=3", *SMALL, cwd=tmp_path)
+    result = run_cli("-m", "hparams_search=mlp_optuna", "hydra.sweeper.n_trials=20", *SMALL, "hydra.sweeper.n_trials=3", cwd=tmp_path)  # the README's, smaller
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
     client, parent, children = sweep_runs(tmp_path)
@@ -92,11 +101,11 @@ def test_optuna_search_nests_every_trial(tmp_path):
 
 
 def test_submitit_local_launcher(tmp_path):
-    result = run_cli("-m", *SMALL, "hydra/launcher=submitit_local", "model=mlp,residual", cwd=tmp_path)
+    result = run_cli("-m", "model=mlp,cnn", "hydra/launcher=submitit_local", *SMALL, cwd=tmp_path)  # as in the README
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
     _, parent, children = sweep_runs(tmp_path)
-    assert sorted(c.info.run_name for c in children) == ["model=mlp", "model=residual"]
+    assert sorted(c.info.run_name for c in children) == ["model=cnn", "model=mlp"]
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
     assert parent.data.params["sweep.launcher"].endswith("submitit_launcher.LocalLauncher")
 

@@ -118,5 +118,10 @@ def test_server_gone_mid_run_keeps_everything_and_sync_uploads_it_later(tmp_path
         assert before_the_loss | checkpoint_epochs(uploaded) == set(range(1, 26))
         assert checkpoint_epochs(uploaded) - set(range(21, 26))  # rotated away locally, sent from staging
         assert not list(folder.glob(".uploading/*"))
+
+        again = subprocess.run([sys.executable, "-m", "pipeline.sync", str(folder), "--tracking-uri", url], env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 1
+        assert again.stderr.strip().splitlines() == [f"error: {folder} is already in {url} as run {run.info.run_id}; nothing was uploaded"]
+        assert single_run(client).info.run_id == run.info.run_id  # no duplicate
     finally:
         stop(process)

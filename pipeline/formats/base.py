@@ -40,7 +40,8 @@ def predict_logits(model, x: np.ndarray) -> np.ndarray:
 
 
 def keras_restored(model) -> Restored:
-    return Restored(predict=lambda x: predict_logits(model, x), optimizer=model.optimizer, handle=model)
+    """A loaded Keras model; one saved before `compile()` has no optimizer."""
+    return Restored(predict=lambda x: predict_logits(model, x), optimizer=getattr(model, "optimizer", None), handle=model)
 
 
 def build_optimizer(model) -> None:
@@ -82,6 +83,7 @@ class SaveFormat:
     carries_optimizer: bool
     carries_architecture: bool  # loads without a model built from the config
     hdf5: bool = False  # one HDF5 file, which can be rewritten compressed
+    described_without_tensorflow: bool = False  # `describe` reads the files with zipfile, json and h5py alone
 
     @property
     def looks_like(self) -> str:
@@ -107,8 +109,8 @@ class SaveFormat:
         """What `inspect` reports, as JSON-able data, read without running anything the file holds."""
         raise NotImplementedError
 
-    def render(self, info: dict) -> list[str]:
-        """`describe`'s data as text for people."""
+    def render(self, info: dict, full: bool = False) -> list[str]:
+        """`describe`'s data as text for people: at a glance, or everything."""
         return []
 
     def summarize(self, restored: Restored) -> dict:

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.console import without
 from pipeline.formats.base import LoadContext, Restored, SaveFormat, keras_restored
 from pipeline.formats.hdf5 import describe_hdf5, render_hdf5
+from pipeline.formats.summary import compiled_text, render_summary
 from pipeline.trust import trust_report
 
 
@@ -14,6 +16,7 @@ class H5Format(SaveFormat):
     suffix = ".h5"
     description = "legacy HDF5 whole model"
     carries_optimizer = True
+    described_without_tensorflow = True
     carries_architecture = True
     hdf5 = True
 
@@ -23,7 +26,8 @@ class H5Format(SaveFormat):
         compile_config = getattr(model, "_compile_config", None)
         kept = dict(compile_config.config) if compile_config is not None else None
         try:
-            model.save(path)
+            with without("absl", "This file format is considered legacy"):  # the user asked for .h5
+                model.save(path)
         finally:
             if kept is not None:
                 compile_config.config.update(kept)
@@ -40,7 +44,8 @@ class H5Format(SaveFormat):
         import keras
         from keras.src.legacy.saving.legacy_h5_format import load_optimizer_weights_from_hdf5_group
 
-        model = keras.models.load_model(path, safe_mode=ctx.safe_mode)
+        with without("absl", "compiled metrics have yet to be built"):  # they are built on first use
+            model = keras.models.load_model(path, safe_mode=ctx.safe_mode)
         with h5py.File(path, "r") as f:
             saved = [np.asarray(v) for v in load_optimizer_weights_from_hdf5_group(f)] if "optimizer_weights" in f else []
         if saved and len(model.optimizer.variables) != len(saved):
@@ -57,5 +62,10 @@ class H5Format(SaveFormat):
         hdf5 = describe_hdf5(path)
         return {**hdf5, **trust_report(hdf5["attributes"].get("model_config"))}  # the config is already parsed
 
-    def render(self, info: dict) -> list[str]:
-        return render_hdf5(info)
+    def render(self, info: dict, full: bool = False) -> list[str]:
+        if full:
+            return render_hdf5(info)
+        attributes = info["attributes"]
+        training = attributes.get("training_config")
+        compiled = compiled_text(training.get("optimizer_config"), training.get("loss"), training.get("metrics")) if training else "no (saved before compile)"
+        return [f"saved by Keras {attributes.get('keras_version', '?')}", *render_summary(attributes.get("model_config"), info, compiled)]

@@ -63,7 +63,7 @@ class SavedModelFormat(SaveFormat):
         variables = path / "variables" / "variables"
         return {"tags": [list(g.meta_info_def.tags) for g in proto.meta_graphs], "signatures": signatures, "variables": checkpoint_variables(str(variables))}
 
-    def render(self, info: dict) -> list[str]:
+    def render(self, info: dict, full: bool = False) -> list[str]:
         lines = [f"tags: {info['tags']}"]
         for name, signature in info["signatures"].items():
             lines.append(f"signature {name!r} ({signature['method']}):")

@@ -90,7 +90,7 @@ class TFCheckpointFormat(SaveFormat):
         prefix = checkpoint_prefix(path)
         return {"checkpoint": prefix, "variables": checkpoint_variables(prefix)}
 
-    def render(self, info: dict) -> list[str]:
+    def render(self, info: dict, full: bool = False) -> list[str]:
         return [f"checkpoint: {info['checkpoint']}", *render_variables(info["variables"])]
 
     def init_weights(self, model, path: Path) -> None:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from pipeline.formats.base import LoadContext, Restored, SaveFormat, build_optimizer, keras_restored
 from pipeline.formats.hdf5 import describe_hdf5, render_hdf5
+from pipeline.formats.summary import render_summary
 
 
 class WeightsFormat(SaveFormat):
@@ -11,6 +12,7 @@ class WeightsFormat(SaveFormat):
     suffix = ".weights.h5"
     description = "Keras weights file: layer and optimizer variables, no config"
     carries_optimizer = True
+    described_without_tensorflow = True
     carries_architecture = False
     hdf5 = True
 
@@ -27,5 +29,5 @@ class WeightsFormat(SaveFormat):
     def describe(self, path: Path) -> dict:
         return describe_hdf5(path)
 
-    def render(self, info: dict) -> list[str]:
-        return render_hdf5(info)
+    def render(self, info: dict, full: bool = False) -> list[str]:
+        return render_hdf5(info) if full else render_summary(None, info, None)

@@ -43,9 +43,14 @@ class RawImages:
     source: str
 
 
-def _read_mnist_npz(path: Path) -> tuple:
-    if not path.is_file():
+def check_source(cfg: DataConfig) -> None:
+    """A missing file is found before anything starts; what is inside is read by the data stage."""
+    path = Path(cfg.path).expanduser().resolve() if cfg.path else None
+    if path is not None and not path.is_file():
         raise DataError(f"data.path: no file at {path}; give an npz in Keras's MNIST layout, or no path to download MNIST")
+
+
+def _read_mnist_npz(path: Path) -> tuple:
     try:
         with np.load(path) as npz:
             missing = [k for k in MNIST_KEYS if k not in npz.files]
@@ -58,6 +63,7 @@ def _read_mnist_npz(path: Path) -> tuple:
 
 def _mnist(cfg: DataConfig) -> RawImages:
     if cfg.path:
+        check_source(cfg)
         path = Path(cfg.path).expanduser().resolve()
         x_train, y_train, x_test, y_test = _read_mnist_npz(path)
         source = str(path)

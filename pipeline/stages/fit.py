@@ -2,6 +2,8 @@
 
 import logging
 import math
+import sys
+import time
 from typing import Optional
 
 import keras
@@ -11,6 +13,7 @@ from pipeline.config import CallbacksConfig, CheckpointConfig, CheckpointPolicy,
 from pipeline.context import RunContext
 from pipeline.determinism import EpochSeeds, training_dataset
 from pipeline.errors import ArtifactError
+from pipeline.interrupts import Progress, check
 from pipeline.paths import RunPaths
 from pipeline.resume import TrainingBackup, restore
 from pipeline.stages.data import Dataset
@@ -32,6 +35,35 @@ class MlflowMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.tracker.log_metrics(logs or {}, step=epoch)
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """Keep `progress` at the current epoch and step, stop on a signal whose exception was lost,
+    and, unless Keras draws its progress bar, log one line per epoch."""
+
+    def __init__(self, progress: Progress, epochs: int, log_epochs: bool):
+        super().__init__()
+        self.progress, self.epochs, self.log_epochs = progress, epochs, log_epochs
+        self._started, self._first_step = 0.0, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.progress.epoch, self._started = epoch + 1, time.perf_counter()
+        self._first_step = int(self.model.optimizer.iterations.numpy())  # read once an epoch, not every step
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.progress.step = self._first_step + batch + 1
+        check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.log_epochs:
+            values = ", ".join(f"{name} {value:.4f}" for name, value in (logs or {}).items())
+            log.info("fit     | epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs, values, time.perf_counter() - self._started)
+
+
+def keras_verbosity(verbose: int) -> int:
+    """Keras's progress bar (1) only on a terminal: in a file or a pipe its redraws are escape codes.
+    Elsewhere, and for 2, the epoch lines come from `ProgressLog`, through logging like every other line."""
+    return 1 if verbose == 1 and sys.stdout.isatty() else 0
 
 
 def optional_callbacks(cfg: CallbacksConfig, paths: RunPaths) -> list[keras.callbacks.Callback]:
@@ -67,6 +99,7 @@ def fit(
 ) -> Optional[CheckpointRecord]:
     """Train for the remaining epochs; returns the last checkpoint the policy wrote, if any."""
     paths, tracker = ctx.paths, ctx.tracker
+    verbosity = keras_verbosity(training.verbose)
     first_epoch = 0
     if resuming:
         point = restore(paths.resume, model)
@@ -82,6 +115,7 @@ def fit(
             writer.load_state(point.state)
         keras_callbacks.append(writer)
     keras_callbacks.append(EpochSeeds(seed))
+    keras_callbacks.append(ProgressLog(ctx.progress, training.epochs, log_epochs=training.verbose > 0 and verbosity == 0))
     # Metrics after the callbacks that add to the logs (learning_rate); the backup last, so a
     # kill between the two repeats an epoch's metrics (with the same values) rather than losing them.
     keras_callbacks.append(MlflowMetrics(tracker))
@@ -104,7 +138,7 @@ def fit(
             epochs=epochs,
             validation_data=(data.x_test, data.y_test),
             callbacks=keras_callbacks,
-            verbose=training.verbose,
+            verbose=verbosity,
         )
     if callbacks.tensorboard:
         tracker.log_folder(paths.tensorboard)

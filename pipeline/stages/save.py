@@ -56,6 +56,6 @@ def write_inspection(artifact: Path, report: Path) -> list[Path]:
     info = inspect_artifact(artifact)
     report.parent.mkdir(parents=True, exist_ok=True)
     text, data = report.with_suffix(".txt"), report.with_suffix(".json")
-    text.write_text(render(info) + "\n")
+    text.write_text(render(info, full=True) + "\n")
     data.write_text(json.dumps(info, indent=2, default=str))
     return [text, data]

@@ -68,7 +68,8 @@ def tracked_run(client: MlflowClient, experiment_id: str, tracking: TrackingConf
         trace = traceback.format_exc()
         tracker.remote("logging the traceback", lambda: client.log_text(run_id, trace, "error/traceback.txt"))
         _end(tracker, status)
-        log.error("mlflow  | run %s marked %s; outputs kept in %s", run_id, status, output_dir)
+        if status == "FAILED":  # an interrupted job says so itself, with where it stopped and how to resume
+            log.error("mlflow  | run %s marked %s; outputs kept in %s", run_id, status, output_dir)
         raise
     _end(tracker, "FINISHED")
     if tracker.lost:

@@ -54,6 +54,8 @@ def log_keras_model(client: MlflowClient, experiment_id: str, run_id: str, model
         except MlflowException as error:
             if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
-        version = client.create_model_version(registered_name, source=uri, run_id=run_id, model_id=logged.model_id).version
+        # The model's files, not its models:/ URI: MLflow's registry would look that URI up in the
+        # process-global tracking store, which is not this client's.
+        version = client.create_model_version(registered_name, source=logged.artifact_location, run_id=run_id, model_id=logged.model_id).version
         client.set_registered_model_alias(registered_name, alias, version)
     return LoggedKerasModel(logged.model_id, uri, version)

@@ -157,7 +157,7 @@ class Tracker:
         def log_model():
             logged = log_keras_model(self.client, self.experiment_id, self.run_id, model, signature, registered_name, alias)
             self.set_tags({"mlflow_model_uri": logged.uri})
-            registered = f", registered as {registered_name}@{alias}" if registered_name else ""
+            registered = f", registered as {registered_name} version {logged.version} (alias {alias!r})" if registered_name else ""
             log.info("mlflow  | logged the model as %s%s", logged.uri, registered)
 
         self.remote("logging the MLflow model", log_model)
