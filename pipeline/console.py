@@ -50,6 +50,8 @@ def quiet_libraries(argv: Sequence[str] = ()) -> None:
         os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"  # pipeline/__init__.py lowers it before MLflow is imported
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ INFO, WARNING and ERROR lines: cuInit, graph-optimizer notes
+    if not sys.stderr.isatty():  # like Keras's, MLflow's progress bars are redrawn in place: escape codes in a file
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @contextmanager
@@ -74,7 +76,7 @@ def filtered_stderr(noise: Sequence[str]) -> Iterator[None]:
 
 def import_tensorflow() -> None:
     """Import TensorFlow (and Keras) once, without the lines its C++ core prints on the way."""
-    if "tensorflow" in sys.modules or os.environ.get(VERBOSE_ENV):
+    if "tensorflow" in sys.modules or verbose_requested():
         return
     with filtered_stderr(IMPORT_NOISE):
         import keras  # noqa: F401  (imports TensorFlow, its backend)
@@ -85,7 +87,7 @@ class LibraryNoise(logging.Filter):
     """On the console handler: drop libraries' INFO and DEBUG records, unless verbose is on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING or os.environ.get(VERBOSE_ENV) or logging.getLogger().isEnabledFor(logging.DEBUG):
+        if record.levelno >= logging.WARNING or verbose_requested() or logging.getLogger().isEnabledFor(logging.DEBUG):
             return True
         return not record.name.split(".")[0] in CHATTY_LOGGERS
 
