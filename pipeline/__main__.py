@@ -22,7 +22,6 @@ from pipeline.config import check_override  # noqa: E402  (importing it register
 from pipeline.errors import ConfigError, PipelineError, report  # noqa: E402
 from pipeline.interrupts import Interrupted, interruptible  # noqa: E402
 from pipeline.paths import CONF_DIR  # noqa: E402
-from pipeline.validation import validate  # noqa: E402
 
 
 def check_overrides(args: list[str]) -> None:
@@ -77,8 +76,7 @@ def main(cfg: DictConfig) -> float:
         set_job_prefix(f"[{HydraConfig.get().job.num}] ")
     try:
         with interruptible():
-            validate(cfg)  # again: tests and sweepers call the task without the command line's check
-            import_tensorflow()
+            import_tensorflow()  # (the preflight check, or a sweep job's own, has validated the config; run does again)
             from pipeline.task import run  # here, not at the top: --help and bad input stay fast
 
             return run(cfg)["trained_accuracy"]  # the objective an Optuna sweep maximizes

@@ -1,5 +1,6 @@
-"""The pipeline's Hydra callbacks (named in conf/config.yaml): refuse an unwritable output
-folder before anything starts, and make each multirun one MLflow picture.
+"""The pipeline's Hydra callbacks (named in conf/config.yaml): refuse bad input (an unwritable
+folder, a bad value, a missing dataset) before anything starts, and make each multirun one
+MLflow picture.
 
 The sweep callback is the only code that knows about sweeps: a parent run per sweep,
 every job's run nested under it, and the sweep report. It passes the parent run's id
