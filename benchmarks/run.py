@@ -76,13 +76,13 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def alternate(repeats: int, a: Callable[[], dict], b: Callable[[], dict]) -> tuple[list[dict], list[dict]]:
-    """Run A, B, A, B, ... so that drift in the machine's speed hits both alike."""
-    results_a, results_b = [], []
+def alternate(repeats: int, *sides: Callable[[], dict]) -> tuple[list[dict], ...]:
+    """Run A, B, A, B, ... (or A, B, C, ...) so that drift in the machine's speed hits every side alike."""
+    results: tuple[list[dict], ...] = tuple([] for _ in sides)
     for _ in range(repeats):
-        results_a.append(a())
-        results_b.append(b())
-    return results_a, results_b
+        for side, found in zip(sides, results):
+            found.append(side())
+    return results
 
 
 def environment() -> dict:
@@ -130,13 +130,17 @@ def tutorial(repeats: int, sizes: Sizes, scratch: Path) -> Table:
     client = MlflowClient(f"sqlite:///{project / 'outputs' / 'mlflow.db'}")
     client.search_experiments()
 
-    def pipeline() -> dict:
-        overrides = [f"data.train_size={n}", f"data.test_size={n}", f"training.epochs={epochs}", "save=[keras,h5,savedmodel]", "training.verbose=0"]
-        seconds, _ = timed_process([sys.executable, "-m", "pipeline", *overrides], project)
-        run = client.search_runs([client.get_experiment_by_name("save-and-load").experiment_id], order_by=["attributes.start_time DESC"])[0]
-        return {"whole": seconds, "work_seconds": run.data.metrics["run_seconds"], "restored_accuracy": run.data.metrics["keras/restored_accuracy"]}
+    def pipeline(*extra: str) -> Callable[[], dict]:
+        def job() -> dict:
+            overrides = [f"data.train_size={n}", f"data.test_size={n}", f"training.epochs={epochs}", "save=[keras,h5,savedmodel]", "training.verbose=0", *extra]
+            seconds, _ = timed_process([sys.executable, "-m", "pipeline", *overrides], project)
+            run = client.search_runs([client.get_experiment_by_name("save-and-load").experiment_id], order_by=["attributes.start_time DESC"])[0]
+            return {"whole": seconds, "work_seconds": run.data.metrics["run_seconds"], "restored_accuracy": run.data.metrics["keras/restored_accuracy"]}
 
-    plains, pipelines = alternate(repeats, plain, pipeline)
+        return job
+
+    # The pipeline's default samples system metrics; the third side shows what that costs.
+    plains, pipelines, unsampled = alternate(repeats, plain, pipeline(), pipeline("tracking.system_metrics=false"))
     table = Table(
         f"1. The tutorial's work: {n} MNIST examples, {epochs} epochs, a checkpoint every epoch, saved as .keras, .h5 and SavedModel and reloaded",
         ["measure", "plain Keras s", "pipeline s", "pipeline / plain", "target"],
@@ -145,9 +149,14 @@ def tutorial(repeats: int, sizes: Sizes, scratch: Path) -> Table:
         a, b = median([r[key] for r in plains]), median([r[key] for r in pipelines])
         table.rows.append([label, a, b, b / a, f"<= {target:.2f}"])
         table.metrics[f"tutorial/{key}_ratio"] = b / a
+    for key, label in (("work_seconds", "work after imports, no system metrics"), ("whole", "whole process, no system metrics")):
+        a, c = median([r[key] for r in plains]), median([r[key] for r in unsampled])
+        table.rows.append([label, a, c, c / a, "-"])
+        table.metrics[f"tutorial/system_metrics_{key}_ratio"] = median([r[key] for r in pipelines]) / c
     table.notes.append(
         f"Restored accuracy: plain {median([r['restored_accuracy'] for r in plains]):.1%}, pipeline {median([r['restored_accuracy'] for r in pipelines]):.1%}. "
-        f"Medians of {repeats} runs each, alternating."
+        f"Medians of {repeats} runs each, alternating. System metrics on / off: work {table.metrics['tutorial/system_metrics_work_seconds_ratio']:.3f}x, "
+        f"whole process {table.metrics['tutorial/system_metrics_whole_ratio']:.3f}x."
     )
     return table
 

@@ -2,7 +2,8 @@
 
 Modelled on keras.callbacks.ModelCheckpoint, plus what it lacks: every n epochs,
 an epoch-0 checkpoint, checkpoints in any registered format (TF checkpoints keep
-`max_to_keep`), and a hook that hands every file to MLflow as soon as it is written.
+`max_to_keep`), and a hook that hands every checkpoint, with the metrics it was written at,
+to MLflow as soon as it is written.
 """
 
 import logging
@@ -46,11 +47,12 @@ class PolicyCheckpoint(keras.callbacks.Callback):
     Args:
         cfg: the checkpoint config: policy, frequency, format, and what to keep.
         directory: the folder for this run's checkpoints.
-        on_write: called with the files of each checkpoint right after it is written.
+        on_write: called right after each checkpoint is written, with its record, the training
+            logs it was written at, and the checkpoints the writer deleted to keep `max_to_keep`.
         first_epoch: the epoch training starts from; a resumed run does not write epoch 0 again.
     """
 
-    def __init__(self, cfg: CheckpointConfig, directory: Path, on_write: Callable[[list[Path]], None], first_epoch: int = 0):
+    def __init__(self, cfg: CheckpointConfig, directory: Path, on_write: Callable[[CheckpointRecord, dict, list[Path]], None], first_epoch: int = 0):
         super().__init__()
         self.cfg = cfg
         self.directory = directory
@@ -68,11 +70,11 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         prefix, width = ("cp-step", 6) if self.by_batch else ("cp", 4)
         self._writer = self.format.checkpoints(self.model, self.directory, prefix, width, with_optimizer=not self.cfg.weights_only, max_to_keep=self.cfg.max_to_keep)
         if self.cfg.save_initial and self.first_epoch == 0:
-            self._write(epoch=0)
+            self._write(epoch=0, logs={})
 
     def on_train_batch_end(self, batch, logs=None):
         if self.by_batch and self._step() % self.cfg.every == 0:
-            self._write(epoch=self._epoch)
+            self._write(epoch=self._epoch, logs=logs or {})
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -81,9 +83,9 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         completed = epoch + 1
         policy = self.cfg.policy
         if policy is CheckpointPolicy.every_epoch or (policy is CheckpointPolicy.every_n_epochs and completed % self.cfg.every == 0):
-            self._write(epoch=completed)
+            self._write(epoch=completed, logs=logs or {})
         elif policy is CheckpointPolicy.best_only and self._improved(logs or {}):
-            self._write(epoch=completed)
+            self._write(epoch=completed, logs=logs or {})
 
     def weights_file_at(self, step: int) -> Optional[Path]:
         """The Keras weights file written at this training step, if any: the bytes a training-state backup would write."""
@@ -110,7 +112,7 @@ class PolicyCheckpoint(keras.callbacks.Callback):
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
 
-    def _write(self, epoch: int) -> None:
+    def _write(self, epoch: int, logs: dict) -> None:
         step = self._step()
         path = self._writer.write(step if self.by_batch else epoch)
         optimizer = self.model.optimizer
@@ -123,4 +125,4 @@ class PolicyCheckpoint(keras.callbacks.Callback):
             weights=self.model.get_weights(),
             optimizer_variables=[v.numpy() for v in optimizer.variables] if optimizer.built else [],
         )
-        self.on_write(self.format.files(path))
+        self.on_write(self.latest, logs, self._writer.removed)

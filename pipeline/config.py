@@ -188,12 +188,29 @@ class TrackingConfig:
     run_name: Optional[str] = None  # None or "": MLflow picks a name
     parent_run_id: Optional[str] = None  # nest the run under this one (a sweep's parent run)
     tags: Dict[str, str] = field(default_factory=dict)  # extra tags on the run
+    system_metrics: bool = True  # CPU, memory, disk, network (GPU where present) as system/* metrics
+    system_metrics_interval: float = 10.0  # seconds between samples; one more when the run ends
+
+    def check(self) -> None:
+        require(self.system_metrics_interval > 0, f"tracking.system_metrics_interval must be positive (got {self.system_metrics_interval})")
+
+
+class RegistrySource(Enum):
+    final = "final"  # the trained model
+    best = "best"  # the run's best checkpoint by checkpoint.monitor
 
 
 @dataclass
 class RegistryConfig:
-    name: Optional[str] = None  # register the logged MLflow model under this name
-    alias: str = "candidate"  # and point this alias at the new version
+    name: Optional[str] = None  # register a model of the run under this name
+    model: RegistrySource = RegistrySource.final  # which one
+    alias: str = "candidate"  # every new version gets this alias
+    champion_alias: str = "champion"  # and this one only if it beats the current holder on this run's test set
+    min_improvement: float = 0.0  # accuracy the new version must gain over the champion, e.g. 0.005 for half a point
+
+    def check(self) -> None:
+        require(-1.0 < self.min_improvement < 1.0, f"registry.min_improvement is a difference in accuracy, in (-1, 1) (got {self.min_improvement})")
+        require(self.alias != self.champion_alias, f"registry.alias and registry.champion_alias must differ (both {self.alias!r})")
 
 
 @dataclass
@@ -223,8 +240,14 @@ class Config:
     def check(self) -> None:
         for name, options in self.save.items():
             options.check(name)
-        for part in (self.data, self.checkpoint, self.training, self.verify, self.model, self.training.optimizer):
+        for part in (self.data, self.checkpoint, self.training, self.verify, self.model, self.training.optimizer, self.tracking, self.registry):
             part.check()
+        if self.registry.model is RegistrySource.best:
+            require(self.checkpoint.policy is not CheckpointPolicy.none, "registry.model=best registers the best checkpoint, but checkpoint=none writes none; use registry.model=final")
+            require(
+                self.checkpoint.format is CheckpointFormat.keras,
+                "registry.model=best needs Keras checkpoints (checkpoint.format=keras): TF checkpoints are not MLflow models; use registry.model=final",
+            )
         for callback in (self.callbacks.early_stopping, self.callbacks.lr_schedule):
             if callback is not None:
                 callback.check()

@@ -38,6 +38,11 @@ class RunPaths:
         return self.reports / "inspect" / format_name
 
     @property
+    def evaluation(self) -> Path:
+        """The trained model judged on the test set: confusion matrix, per-class scores, misclassified examples."""
+        return self.root / "evaluation"
+
+    @property
     def plots(self) -> Path:
         return self.root / "plots"
 
@@ -63,9 +68,11 @@ class RunPaths:
         """The installed packages, as `pip freeze` would list them."""
         return self.root / "environment" / "requirements.txt"
 
-    def uploads(self) -> list[tuple[Path, str]]:
-        """What a run uploads as artifacts, as (local path, artifact folder) pairs, for those that exist."""
+    def uploads(self, with_checkpoints: bool = False) -> list[tuple[Path, str]]:
+        """What a run uploads as artifacts, as (local path, artifact folder) pairs, for those that exist.
+        Checkpoints are LoggedModels of the run, so they are run artifacts only when asked for."""
         files = [(self.resolved_config, ""), (self.model_summary, "")]
         folders = [(self.hydra, "hydra"), (self.requirements.parent, "environment")]
-        folders += [(self.root / name, name) for name in ("checkpoints", "saved", "reports", "plots", "tensorboard")]
+        names = ("checkpoints",) * with_checkpoints + ("saved", "reports", "evaluation", "plots", "tensorboard")
+        folders += [(self.root / name, name) for name in names]
         return [(path, folder) for path, folder in files + folders if path.exists()]

@@ -1,14 +1,16 @@
-"""Training curves as a PNG: what people look at first in a run's artifacts."""
+"""The run's pictures as PNGs: training curves, the confusion matrix, the examples the model got wrong.
+
+Each is drawn on a bare Figure, not pyplot's global state, so it can run on the tracking
+thread; matplotlib is imported inside, where it costs that thread, not the job, its half second.
+"""
 
 from pathlib import Path
 
+import numpy as np
+
 
 def plot_training_curves(history: dict[str, list[float]], path: Path, title: str) -> Path:
-    """Loss and every other metric, each training curve beside its validation curve.
-
-    Drawn on a bare Figure, not pyplot's global state, so it can run on the tracking
-    thread; matplotlib is imported here, where it costs that thread, not the job, its half second.
-    """
+    """Loss and every other metric, each training curve beside its validation curve."""
     from matplotlib.figure import Figure
 
     names = [k for k in history if not k.startswith("val_") and k != "learning_rate"]
@@ -24,6 +26,57 @@ def plot_training_curves(history: dict[str, list[float]], path: Path, title: str
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> Path:
+    """Counts of true class (rows) against predicted class (columns), each cell labelled."""
+    from matplotlib.figure import Figure
+
+    classes = len(matrix)
+    size = max(4.0, 0.5 * classes + 2)
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, column), count in np.ndenumerate(matrix):
+        ax.text(column, row, str(count), ha="center", va="center", fontsize=8, color="white" if count > threshold else "black")
+    ax.set(xticks=range(classes), yticks=range(classes), xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_misclassified(images: np.ndarray, true: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, path: Path, title: str) -> Path:
+    """A grid of examples the model got wrong, each captioned `true 3 → 8 (97%)`.
+
+    One mosaic in one axes, not an axes per image: a tenth of the drawing time."""
+    from matplotlib.figure import Figure
+
+    columns = min(8, max(1, len(images)))
+    rows = max(1, -(-len(images) // columns))
+    height, width = images.shape[1:3] if len(images) else (1, 1)
+    cell_h, cell_w = height + max(2, height // 3), width + max(1, width // 8)  # room for the caption, and a gap
+    colour = len(images) and images.ndim == 4 and images.shape[-1] == 3
+    mosaic = np.full((rows * cell_h, columns * cell_w, 3) if colour else (rows * cell_h, columns * cell_w), np.nan)
+    for i, image in enumerate(images):
+        row, column = divmod(i, columns)
+        top = row * cell_h + (cell_h - height)
+        mosaic[top : top + height, column * cell_w : column * cell_w + width] = image if colour else image.reshape(height, width)
+    fig = Figure(figsize=(1.6 * columns, 1.9 * rows + 0.4))
+    ax = fig.subplots()
+    ax.imshow(mosaic, cmap=None if colour else "gray_r", interpolation="nearest")
+    ax.axis("off")
+    for i, (t, p, c) in enumerate(zip(true, predicted, confidence)):
+        row, column = divmod(i, columns)
+        ax.text(column * cell_w + width / 2, row * cell_h + (cell_h - height) - 0.6, f"true {t} → {p} ({c:.0%})", ha="center", va="bottom", fontsize=8)
+    if not len(images):
+        ax.text(0, 0, "no misclassified examples", ha="center", va="center")
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path

@@ -21,12 +21,13 @@ from pipeline.console import import_tensorflow, plain_console, quiet_libraries
 from pipeline.errors import PipelineError, report
 from pipeline.tracking.store import command_line_tracking_uri
 
-# Wall-clock and on-disk sizes vary between runs of the same computation.
+# Wall-clock, on-disk sizes and the machine's load vary between runs of the same computation.
 NOT_COMPARED = ("_seconds", "/file_bytes", "/bytes_vs_raw")
+MACHINE = "system/"
 
 
 def comparable(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if not k.endswith(NOT_COMPARED)}
+    return {k: v for k, v in metrics.items() if not k.endswith(NOT_COMPARED) and not k.startswith(MACHINE)}
 
 
 def differences(client: MlflowClient, source_id: str, new_id: str) -> list[str]:

@@ -34,7 +34,7 @@ def sync(output_dir: Path, tracking_uri: str) -> str:
     logged = journaled(paths.root / JOURNAL)
     logged.tags = {k: v for k, v in logged.tags.items() if k != "mlflow_model_uri"}  # that model lives in the original store
     run_id = client.create_run(experiment_id, run_name=logged.tags.get(MLFLOW_RUN_NAME), tags={**logged.tags, "synced_from": str(paths.root)}).info.run_id
-    upload_journaled(client, run_id, paths.root, logged)
+    upload_journaled(client, run_id, paths.root, logged, with_checkpoints=True)  # their LoggedModels live in the original store, if anywhere
     client.set_terminated(run_id, logged.status)
     return run_id
 

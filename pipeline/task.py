@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import keras
@@ -29,12 +30,16 @@ from pipeline.plots import plot_training_curves
 from pipeline.resume import find_run_to_resume, owner_tags
 from pipeline.stages.build import build
 from pipeline.stages.data import Dataset, load_data
+from pipeline.stages.evaluate import evaluate
 from pipeline.stages.fit import fit
+from pipeline.stages.register import register
 from pipeline.stages.reload_verify import reload_verify
 from pipeline.stages.save import save
 from pipeline.tracking.lifecycle import tracked_run
+from pipeline.tracking.logged_model import keras_signature
 from pipeline.tracking.provenance import environment_tags, git_state, installed_packages
 from pipeline.tracking.store import connect
+from pipeline.tracking.system_metrics import SystemMetrics
 from pipeline.tracking.tracker import Tracker
 from pipeline.validation import validate
 
@@ -123,9 +128,9 @@ def _log_inputs(resolved_cfg: dict, paths: RunPaths, tracker: Tracker) -> None:
         tracker.log_folder(paths.hydra, "hydra")
 
 
-def _log_datasets(data: Dataset, tracker: Tracker) -> None:
-    tracker.log_dataset(data.x_train, data.y_train, f"{data.name}-train", data.source, "training")
-    tracker.log_dataset(data.x_test, data.y_test, f"{data.name}-test", data.source, "evaluation")
+def _log_datasets(data: Dataset, tracker: Tracker, as_inputs: bool) -> None:
+    tracker.log_dataset(data.x_train, data.y_train, f"{data.name}-train", data.source, "training", as_inputs)
+    tracker.log_dataset(data.x_test, data.y_test, f"{data.name}-test", data.source, "evaluation", as_inputs)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -148,15 +153,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     with tracked_run(client, experiment_id, tracking, paths.root, tags, resume_run_id=resumed[0] if resumed else None) as tracker:
         ctx = RunContext(paths, tracker)
         progress = ctx.progress
-        with progress.noted(tracker.run_id):
+        system = SystemMetrics(tracker, settings.tracking.system_metrics_interval) if settings.tracking.system_metrics else nullcontext()
+        with progress.noted(tracker.run_id), system:
             if not resumed:
                 _log_inputs(resolved_cfg, paths, tracker)
             seed_everything(settings.seed, settings.deterministic)
 
             progress.stage = "data"
             data = load_data(settings.data, ARCHITECTURES[settings.model.architecture].layout)
-            if not resumed:
-                _log_datasets(data, tracker)
+            _log_datasets(data, tracker, as_inputs=not resumed)
             training = settings.training
             fresh_model = model_factory(settings.model, training, data.input_shape, data.num_classes)
             progress.stage = "build"
@@ -172,9 +177,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
             progress.stage = "save"
             saved = save(model, settings.save, ctx)
-            tracker.log_keras_model(model, data.x_test[:8], settings.registry.name, settings.registry.alias)
+            tracker.log_keras_model(model, keras_signature(model, data.x_test[:8]))
             progress.stage = "verify"
             report = reload_verify(model, data, saved, checkpoint, fresh_model, settings.verify, ctx)
+            progress.stage = "evaluate"
+            evaluate(model, data, ctx)
+            progress.stage = "register"
+            register(settings.registry, data, ctx)
             tracker.log_metrics({"run_seconds": time.perf_counter() - start})  # the job's work, after imports
             metrics = tracker.latest_metrics()
             progress.stage = "tracking"  # what is left: waiting for the last uploads

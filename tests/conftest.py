@@ -82,7 +82,15 @@ def only_run(client: MlflowClient):
     return runs[0]
 
 
-STAGE_LINE = re.compile(r"^(mlflow|resume|data|build|fit|save|verify|done) +\| ")
+def checkpoint_models(client: MlflowClient, run) -> list:
+    """The run's checkpoint LoggedModels, oldest first, found the way the README says."""
+    found = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}' AND tags.kind = 'checkpoint'", max_results=1000
+    )
+    return sorted(found, key=lambda m: int(m.tags["step"]))
+
+
+STAGE_LINE = re.compile(r"^(mlflow|resume|data|build|fit|save|verify|eval|registry|done) *\| ")
 
 
 def assert_only_pipeline_lines(output: str) -> None:

@@ -26,9 +26,16 @@ def tiny():
 
 
 def train(tiny, folder, epochs: int, **cfg) -> tuple[PolicyCheckpoint, list[list[str]]]:
+    """Train with the policy; each written checkpoint's files, and the names the writer removed with it."""
     model, x, y = tiny
     written: list[list[str]] = []
-    callback = PolicyCheckpoint(CheckpointConfig(**cfg), folder, on_write=lambda files: written.append([f.name for f in files]))
+
+    def on_write(record, logs, removed):
+        written.append([f.name for f in record.format.files(record.path)])
+        callback.removed.append([p.name for p in removed])
+
+    callback = PolicyCheckpoint(CheckpointConfig(**cfg), folder, on_write=on_write)
+    callback.removed = []
     model.fit(x, y, batch_size=2, epochs=epochs, verbose=0, shuffle=False, callbacks=[callback])
     return callback, written
 
@@ -58,18 +65,20 @@ def test_tf_checkpoints_keep_max_to_keep_and_carry_the_optimizer_only_when_whole
     assert sorted(p.name for p in folder.glob("*.index")) == ["cp-3.index", "cp-4.index"]
     assert FORMATS["tf_checkpoint"].latest_checkpoint(folder) == callback.latest.path == folder / "cp-4"
     assert not callback.latest.carries_optimizer  # weights_only: the model alone
+    assert callback.removed == [[], [], ["cp-1"], ["cp-2"]]  # what max_to_keep deleted, told with each write
 
 
 def test_best_only_writes_when_the_monitor_improves_in_its_direction(tiny, folder):
     model, _, _ = tiny
     written = []
-    callback = PolicyCheckpoint(CheckpointConfig(policy=CheckpointPolicy.best_only, monitor="val_accuracy", mode=Mode.max), folder, written.append)
+    on_write = lambda record, logs, removed: written.append((record, logs))  # noqa: E731
+    callback = PolicyCheckpoint(CheckpointConfig(policy=CheckpointPolicy.best_only, monitor="val_accuracy", mode=Mode.max), folder, on_write)
     callback.set_model(model)
     callback.on_train_begin()
     for epoch, value in enumerate([0.5, 0.4, 0.6, 0.6, 0.7]):
         callback.on_epoch_end(epoch, {"val_accuracy": value})
 
-    assert [files[0].name for files in written] == ["cp-0001.weights.h5", "cp-0003.weights.h5", "cp-0005.weights.h5"]
+    assert [(record.path.name, logs["val_accuracy"]) for record, logs in written] == [("cp-0001.weights.h5", 0.5), ("cp-0003.weights.h5", 0.6), ("cp-0005.weights.h5", 0.7)]
     assert callback.state() == {"checkpoint_best": 0.7}  # what a resumed run carries on from
     with pytest.raises(ConfigError, match="checkpoint.monitor='val_accuracy' is not a logged metric: loss"):
         callback.on_epoch_end(5, {"loss": 1.0})

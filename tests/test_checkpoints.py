@@ -1,11 +1,11 @@
-"""Each checkpoint policy writes the files its name promises, and MLflow receives each as it is written."""
+"""Each checkpoint policy writes the files its name promises, and MLflow receives each as a LoggedModel of the run."""
 
 import json
 
 import pytest
 import tensorflow as tf
 
-from conftest import only_run
+from conftest import checkpoint_models, only_run
 from pipeline.task import run
 
 TINY = ["data=digits", "data.train_size=64", "data.test_size=64", "training.batch_size=32", "save=[keras]"]
@@ -15,8 +15,10 @@ def names(folder, pattern):
     return sorted(p.name for p in folder.glob(pattern))
 
 
-def logged(client, run_id, folder="checkpoints"):
-    return sorted(f.path.split("/")[-1] for f in client.list_artifacts(run_id, folder))
+def logged(client, run):
+    """The files of the run's checkpoint LoggedModels, by the tag each carries; none are run artifacts."""
+    assert client.list_artifacts(run.info.run_id, "checkpoints") == []
+    return sorted(m.tags["file"] for m in checkpoint_models(client, run))
 
 
 def test_every_n_epochs_keras_weights_keeps_all(make_cfg, client, tmp_path):
@@ -24,7 +26,7 @@ def test_every_n_epochs_keras_weights_keeps_all(make_cfg, client, tmp_path):
 
     expected = [f"cp-{e:04d}.weights.h5" for e in range(0, 51, 5)]
     assert names(tmp_path / "job" / "checkpoints", "cp-*") == expected
-    assert logged(client, only_run(client).info.run_id) == expected
+    assert logged(client, only_run(client)) == expected
 
 
 def test_every_n_epochs_tf_checkpoint_keeps_max_to_keep(make_cfg, client, tmp_path):
@@ -33,17 +35,30 @@ def test_every_n_epochs_tf_checkpoint_keeps_max_to_keep(make_cfg, client, tmp_pa
     folder = tmp_path / "job" / "checkpoints"
     assert names(folder, "cp-*.index") == sorted(f"cp-{e}.index" for e in range(30, 51, 5))
     assert tf.train.latest_checkpoint(str(folder)) == str(folder / "cp-50")
-    # Uploaded as written: MLflow still holds the ones the manager has since deleted.
-    uploaded = logged(client, only_run(client).info.run_id)
-    assert {f"cp-{e}.index" for e in range(0, 51, 5)} <= set(uploaded)
-    assert "checkpoint" in uploaded
+    # Uploaded as written: MLflow still holds the ones the manager has since deleted, and says so.
+    models = checkpoint_models(client, only_run(client))
+    assert [m.tags["file"] for m in models] == [f"cp-{e}" for e in range(0, 51, 5)]
+    deleted = [m.tags["file"] for m in models if m.tags.get("local_file") == "deleted by checkpoint.max_to_keep=5"]
+    assert deleted == [f"cp-{e}" for e in range(0, 26, 5)]
+    first = {f.path for f in client.list_logged_model_artifacts(models[0].model_id)}
+    assert first == {"cp-0.index", "cp-0.data-00000-of-00001", "checkpoint"}  # with the manager's state file as it was, for tf.train.latest_checkpoint
 
 
-def test_every_n_batches_names_by_step(make_cfg, tmp_path):
+def test_every_n_batches_names_by_step(make_cfg, client, tmp_path):
     # 128 examples / batch 32 = 4 steps an epoch; 2 epochs = 8 steps; every 3 -> steps 3 and 6.
     run(make_cfg(*TINY, "data.train_size=128", "checkpoint=every_n_batches", "checkpoint.every=3", "training.epochs=2"))
 
     assert names(tmp_path / "job" / "checkpoints", "cp-*") == ["cp-step-000003.weights.h5", "cp-step-000006.weights.h5"]
+    models = checkpoint_models(client, only_run(client))
+    assert [(m.name, m.tags["file"], m.tags["step"]) for m in models] == [
+        ("checkpoint-step-000003", "cp-step-000003.weights.h5", "3"),
+        ("checkpoint-step-000006", "cp-step-000006.weights.h5", "6"),
+    ]
+    # Mid-epoch there is no validation: each carries the training metrics at its step, and the lower batch_loss is the best.
+    for model in models:
+        assert {m.key for m in model.metrics} == {"batch_loss", "batch_accuracy"} and {m.step for m in model.metrics} == {int(model.tags["step"])}
+    losses = {m.model_id: next(x.value for x in m.metrics if x.key == "batch_loss") for m in models}
+    assert [m.model_id for m in models if m.tags.get("best") == "true"] == [min(losses, key=losses.get)]
     report = json.loads((tmp_path / "job" / "reports" / "verify.json").read_text())
     checkpoint = next(a for a in report["artifacts"] if a["artifact"] == "checkpoint")
     assert checkpoint["ok"] and checkpoint["reference"] == "weights at epoch 1, step 6"
@@ -56,6 +71,9 @@ def test_best_only_writes_only_improvements(make_cfg, client, tmp_path):
     improved = [epoch for epoch, value in enumerate(history, start=1) if value < min(history[: epoch - 1], default=float("inf"))]
     assert 1 < len(improved) < len(history)  # the high learning rate makes val_loss bounce
     assert names(tmp_path / "job" / "checkpoints", "cp-*") == [f"cp-{e:04d}.weights.h5" for e in improved]
+    models = checkpoint_models(client, only_run(client))
+    assert [m.tags["file"] for m in models] == [f"cp-{e:04d}.weights.h5" for e in improved]
+    assert [m.tags["epoch"] for m in models if m.tags.get("best") == "true"] == [str(improved[-1])]  # each improvement took the tag over
 
 
 def test_whole_model_checkpoints_restore_optimizer(make_cfg, tmp_path):

@@ -1,4 +1,5 @@
-"""The MLflow UI, in a real browser, shows a pipeline run with its params, charts and artifacts."""
+"""The MLflow UI, in a real browser, shows a pipeline run with its params, charts, evaluation and
+artifacts, and the experiment's Models view lists the run's checkpoints with their metrics."""
 
 import os
 import shutil
@@ -27,7 +28,7 @@ def browser():
         browser.close()
 
 
-def test_run_page_shows_params_chart_and_artifacts(browser, make_cfg, client, tmp_path):
+def test_run_page_and_models_view(browser, make_cfg, client, tmp_path):
     run(make_cfg("data=digits", "data.train_size=256", "data.test_size=64", "training.epochs=3", "save=[keras,h5,savedmodel]", "tracking.run_name=ui-check"))
     logged = only_run(client)
     server, url = start_mlflow_server(client.tracking_uri, tmp_path / "proxied")
@@ -54,7 +55,13 @@ def test_run_page_shows_params_chart_and_artifacts(browser, make_cfg, client, tm
         page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-metrics.png"))
 
         page.get_by_text("Artifacts", exact=True).click()
-        for folder, inside in (("checkpoints", "cp-0003.weights.h5"), ("saved", "savedmodel"), ("reports", "verify.json")):
+        page.get_by_text("evaluation", exact=True).first.click()
+        page.get_by_text("confusion_matrix.png", exact=True).first.click()
+        image = page.locator("img[src^='blob:']").first  # the picture itself, fetched from the artifact store
+        image.wait_for()
+        assert page.wait_for_function("img => img.complete && img.naturalWidth", arg=image.element_handle()).json_value() == 700  # the PNG's width
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-confusion-matrix.png"))
+        for folder, inside in (("saved", "savedmodel"), ("reports", "verify.json")):
             page.get_by_text(folder, exact=True).first.click()
             page.get_by_text(inside, exact=True).first.wait_for()
         for fmt in ("keras", "h5", "savedmodel"):
@@ -62,6 +69,22 @@ def test_run_page_shows_params_chart_and_artifacts(browser, make_cfg, client, tm
         page.get_by_text("verify.md", exact=True).first.click()
         page.get_by_text("Reload-verify report").first.wait_for()
         page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-artifacts.png"))
+
+        # The experiment's Models view: every checkpoint a LoggedModel, with the metrics measured on it.
+        page.set_viewport_size({"width": 2600, "height": 900})  # room for the metric columns
+        page.get_by_text("Model training", exact=True).first.click()  # the UI opens in its GenAI mode
+        page.goto(f"{url}/#/experiments/{logged.info.experiment_id}/models")
+        page.get_by_role("heading", name="Models").wait_for()
+        if page.get_by_role("button", name="Close").count():  # the MLflow Assistant's panel, which covers the columns
+            page.get_by_role("button", name="Close").first.click()
+        for name in ("checkpoint-epoch-0001", "checkpoint-epoch-0002", "checkpoint-epoch-0003", "model"):
+            page.get_by_text(name, exact=True).first.wait_for()
+        page.get_by_text("val_accuracy", exact=True).first.wait_for()  # a metric column
+        models = {m.name: m for m in client.search_logged_models([logged.info.experiment_id])}
+        for name in ("checkpoint-epoch-0001", "checkpoint-epoch-0003"):
+            value = next(m.value for m in models[name].metrics if m.key == "val_loss")
+            assert page.get_by_text(repr(value), exact=True).first.is_visible(), (name, value)  # the table shows full precision
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-models.png"), full_page=True)
     finally:
         stop(server)
     with pytest.raises(ProcessLookupError):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import EXPERIMENT, PROJECT, free_port, run_cli, start_mlflow_server, stop
+from conftest import EXPERIMENT, PROJECT, checkpoint_models, free_port, run_cli, start_mlflow_server, stop
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +45,10 @@ def content(client: MlflowClient, run) -> tuple:
     """What a run holds, less what differs between any two runs (paths, ids, timings, store)."""
     varying = ("paths.", "tracking.")
     params = {k: v for k, v in run.data.params.items() if not k.startswith(varying)}
-    histories = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)] for k in run.data.metrics if not k.endswith("_seconds")}
-    return params, histories, all_artifacts(client, run.info.run_id), {k for k in run.data.tags if not k.startswith("mlflow.")}
+    compared = [k for k in run.data.metrics if not k.endswith("_seconds") and not k.startswith("system/")]
+    histories = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)] for k in compared}
+    checkpoints = [(m.name, m.tags["file"], m.tags["file_sha256"], sorted((x.key, x.value) for x in m.metrics)) for m in checkpoint_models(client, run)]
+    return params, histories, all_artifacts(client, run.info.run_id), {k for k in run.data.tags if not k.startswith("mlflow.")}, checkpoints
 
 
 def test_a_tracking_server_receives_what_the_sqlite_store_does(server, tmp_path):
@@ -63,7 +65,8 @@ def test_a_tracking_server_receives_what_the_sqlite_store_does(server, tmp_path)
     local_run, remote_run = single_run(local_client), single_run(remote_client)
     assert remote_run.info.status == "FINISHED" and remote_run.info.artifact_uri.startswith("mlflow-artifacts:")
     assert content(remote_client, remote_run) == content(local_client, local_run)
-    assert {"saved/keras/model.keras", "saved/h5/model.h5", "checkpoints/cp-0003.weights.h5", "reports/verify.json"} <= all_artifacts(remote_client, remote_run.info.run_id)
+    assert {"saved/keras/model.keras", "saved/h5/model.h5", "reports/verify.json", "evaluation/confusion_matrix.png"} <= all_artifacts(remote_client, remote_run.info.run_id)
+    assert [m.tags["file"] for m in checkpoint_models(remote_client, remote_run)] == ["cp-0001.weights.h5", "cp-0002.weights.h5", "cp-0003.weights.h5"]
     assert (tmp_path / "server" / "artifacts").is_dir()  # proxied: the server, not the client, wrote the files
 
 
@@ -117,7 +120,7 @@ def test_server_gone_mid_run_keeps_everything_and_sync_uploads_it_later(tmp_path
         assert {"saved/keras/model.keras", "checkpoints/checkpoint", "reports/verify.md", "config.yaml", "hydra/overrides.yaml"} <= uploaded
         assert before_the_loss | checkpoint_epochs(uploaded) == set(range(1, 26))
         assert checkpoint_epochs(uploaded) - set(range(21, 26))  # rotated away locally, sent from staging
-        assert not list(folder.glob(".uploading/*"))
+        assert not list(folder.glob(".uploading/*")) and not list(folder.glob(".uploading-models/*/checkpoints"))
 
         again = subprocess.run([sys.executable, "-m", "pipeline.sync", str(folder), "--tracking-uri", url], env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 1

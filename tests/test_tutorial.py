@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import EXPERIMENT, PROJECT, assert_only_pipeline_lines, run_cli
+from conftest import EXPERIMENT, PROJECT, assert_only_pipeline_lines, checkpoint_models, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,7 @@ def test_default_experiment_reproduces_the_tutorial(tmp_path):
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == list(range(10)), name
 
     files = artifact_paths(client, run.info.run_id)
-    assert {f"checkpoints/cp-{e:04d}.weights.h5" for e in range(1, 11)} <= files
+    assert [m.tags["file"] for m in checkpoint_models(client, run)] == [f"cp-{e:04d}.weights.h5" for e in range(1, 11)]
     assert {
         "config.yaml",
         "hydra/config.yaml",
@@ -100,7 +100,7 @@ def test_cnn_every_five_epochs_in_three_formats(tmp_path):
     client, run = finished_run(tmp_path)
     assert run.data.tags["overrides"] == "model=cnn checkpoint=every_n_epochs checkpoint.every=5 save=[keras,h5,savedmodel]"
     files = artifact_paths(client, run.info.run_id)
-    assert {"checkpoints/cp-0000.weights.h5", "checkpoints/cp-0005.weights.h5", "checkpoints/cp-0010.weights.h5"} <= files
+    assert [m.tags["file"] for m in checkpoint_models(client, run)] == ["cp-0000.weights.h5", "cp-0005.weights.h5", "cp-0010.weights.h5"]
     assert {"saved/keras/model.keras", "saved/h5/model.h5", "saved/savedmodel/model/saved_model.pb"} <= files
     for name in ("keras", "h5", "savedmodel", "checkpoint"):
         assert run.data.metrics[f"{name}/verified"] == 1.0

@@ -64,6 +64,7 @@ class Checkpoints:
     def __init__(self, fmt: "SaveFormat", model, directory: Path, prefix: str, width: int):
         self.format, self.model, self.directory, self.prefix, self.width = fmt, model, directory, prefix, width
         self.carries_optimizer = fmt.carries_optimizer
+        self.removed: list[Path] = []  # checkpoints deleted by the last write; this writer keeps every file
 
     def write(self, number: int) -> Path:
         """Write the model's current state; returns the checkpoint's path."""

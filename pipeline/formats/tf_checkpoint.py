@@ -50,10 +50,15 @@ class ManagedCheckpoints:
         import tensorflow as tf
 
         self.carries_optimizer = with_optimizer
+        self.removed: list[Path] = []
         self._manager = tf.train.CheckpointManager(object_graph(model, with_optimizer), str(directory), max_to_keep=max_to_keep, checkpoint_name=prefix)
 
     def write(self, number: int) -> Path:
-        return Path(self._manager.save(checkpoint_number=number))
+        """Write a checkpoint; `removed` then lists the ones the manager deleted to keep `max_to_keep`."""
+        before = set(self._manager.checkpoints)
+        path = Path(self._manager.save(checkpoint_number=number))
+        self.removed = [Path(prefix) for prefix in sorted(before - set(self._manager.checkpoints))]
+        return path
 
 
 class TFCheckpointFormat(SaveFormat):

@@ -3,7 +3,7 @@
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 from zipfile import BadZipFile
 
 import numpy as np
@@ -25,6 +25,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    image_shape: Optional[tuple] = None  # (height, width[, channels]) for image data: how to draw an example
 
     @property
     def input_shape(self) -> tuple:
@@ -119,6 +120,7 @@ def load_data(cfg: DataConfig, layout: str) -> Dataset:
         x_test=shape(raw.x_test, cfg.test_size),
         y_test=raw.y_test[: cfg.test_size].astype("int64"),
         num_classes=int(max(raw.y_train.max(), raw.y_test.max())) + 1,
+        image_shape=tuple(raw.x_train.shape[1:]),
     )
     log.info("data    | %s: %d train, %d test, input %s, from %s", data.name, len(data.x_train), len(data.x_test), data.input_shape, data.source)
     return data

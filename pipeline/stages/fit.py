@@ -4,7 +4,7 @@ import logging
 import math
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import keras
 
@@ -17,24 +17,28 @@ from pipeline.interrupts import Progress, check
 from pipeline.paths import RunPaths
 from pipeline.resume import TrainingBackup, restore
 from pipeline.stages.data import Dataset
+from pipeline.tracking.checkpoint_models import CheckpointModels
+from pipeline.tracking.logged_model import keras_signature
 from pipeline.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
 
 class MlflowMetrics(keras.callbacks.Callback):
-    """Log each epoch's metrics with the epoch index as the step.
+    """Log each epoch's metrics with the epoch index as the step, linked to the checkpoint
+    written at that epoch's end, if any (`linked` gives its LoggedModel by epochs completed).
 
-    mlflow.keras.MlflowCallback does this too, but also logs the optimizer's
-    config as a second, differently named copy of params we already log.
+    mlflow.keras.MlflowCallback logs metrics too, but also the optimizer's config as a
+    second, differently named copy of params we already log.
     """
 
-    def __init__(self, tracker: Tracker):
+    def __init__(self, tracker: Tracker, linked: Optional[Callable[[int], Optional[str]]]):
         super().__init__()
-        self.tracker = tracker
+        self.tracker, self.linked = tracker, linked
 
     def on_epoch_end(self, epoch, logs=None):
-        self.tracker.log_metrics(logs or {}, step=epoch)
+        model = (lambda: self.linked(epoch + 1)) if self.linked else None
+        self.tracker.log_metrics(logs or {}, step=epoch, model=model)
 
 
 class ProgressLog(keras.callbacks.Callback):
@@ -107,18 +111,21 @@ def fit(
             raise ArtifactError(f"cannot resume: no readable training state in {paths.resume}")
         first_epoch = point.epoch
 
-    writer = None
+    writer, linked = None, None
     keras_callbacks = optional_callbacks(callbacks, paths)
     if checkpoint.policy is not CheckpointPolicy.none:
-        writer = PolicyCheckpoint(checkpoint, paths.checkpoints, on_write=tracker.log_files, first_epoch=first_epoch)
+        models = CheckpointModels(tracker, checkpoint, resuming)
+        writer = PolicyCheckpoint(checkpoint, paths.checkpoints, on_write=models, first_epoch=first_epoch)
+        models.prepare(model, keras_signature(model, data.x_test[:8]), writer.format.name)
         if resuming:
             writer.load_state(point.state)
         keras_callbacks.append(writer)
+        linked = None if models.by_batch else models.at
     keras_callbacks.append(EpochSeeds(seed))
     keras_callbacks.append(ProgressLog(ctx.progress, training.epochs, log_epochs=training.verbose > 0 and verbosity == 0))
     # Metrics after the callbacks that add to the logs (learning_rate); the backup last, so a
     # kill between the two repeats an epoch's metrics (with the same values) rather than losing them.
-    keras_callbacks.append(MlflowMetrics(tracker))
+    keras_callbacks.append(MlflowMetrics(tracker, linked))
     keras_callbacks.append(
         TrainingBackup(
             paths.resume,

@@ -50,6 +50,15 @@ def _expected_retracing():
         tensorflow_log.removeFilter(quiet)
 
 
+# The evaluation stage, which runs next, writes these beside the report's folder.
+EVALUATION_LINKS = """## Evaluation on the test set
+
+The trained model judged class by class: [evaluation](../evaluation/evaluation.md),
+[confusion matrix](../evaluation/confusion_matrix.png), [per-class precision, recall and F1](../evaluation/per_class.csv),
+[misclassified examples](../evaluation/misclassified.png).
+"""
+
+
 @dataclass
 class Reference:
     """What a restored artifact must reproduce."""
@@ -156,7 +165,7 @@ def _markdown(checks: list[Check], untrained: float, trained: float, atol: float
             + [cell(c.bytes, ","), cell(vs_raw, ".2f"), cell(c.save_seconds, ".2f"), cell(c.load_seconds, ".2f"), result]
         )
     summary = f"Untrained model accuracy: {untrained:.2%}. Trained model accuracy: {trained:.2%}. Tolerance: {atol:g}."
-    return f"{summary}\n\n{markdown_table(header, rows)}\n"
+    return f"{summary}\n\n{markdown_table(header, rows)}\n\n{EVALUATION_LINKS}"
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pipeline.paths import RunPaths
 
 JOURNAL = "tracking_journal.jsonl"
 STAGING = ".uploading"  # files queued for upload, hard-linked as they were when queued
+MODEL_STAGING = ".uploading-models"  # checkpoint files queued to become LoggedModels; run artifacts only through sync
 PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 500  # MLflow's log_batch limits
 
 
@@ -87,19 +88,24 @@ def log_batches(client: MlflowClient, run_id: str, params: Optional[dict] = None
         client.log_batch(run_id, metrics=metrics[i : i + METRICS_PER_BATCH])
 
 
-def upload_journaled(client: MlflowClient, run_id: str, output_dir: Path, logged: Journaled) -> None:
+def upload_journaled(client: MlflowClient, run_id: str, output_dir: Path, logged: Journaled, with_checkpoints: bool = False) -> None:
     """Log params, tags and metrics in batches, then upload the job's artifacts (overwriting any already there).
 
     Files still staged go first: a session that was killed, or lost its store, had
     queued them but not sent them, and a checkpoint rotated away since is only there.
-    Then every file still in place is uploaded, so the newest version of each name wins.
+    Then every file still in place is uploaded, so the newest version of each name wins;
+    the checkpoints too, `with_checkpoints`, for a run whose checkpoints were never LoggedModels.
     """
     log_batches(client, run_id, params=logged.params)
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in logged.tags.items()])
     log_batches(client, run_id, metrics=logged.metrics)
     for batch in sorted((output_dir / STAGING).glob("*")):
         send_staged(client, run_id, batch)
-    for path, folder in RunPaths(output_dir).uploads():
+    if with_checkpoints:  # checkpoints that were to be LoggedModels, some since rotated away on disk
+        for batch in sorted((output_dir / MODEL_STAGING).glob("*")):
+            if (batch / "checkpoints").is_dir():
+                send_staged(client, run_id, batch)
+    for path, folder in RunPaths(output_dir).uploads(with_checkpoints):
         if path.is_dir():
             client.log_artifacts(run_id, str(path), folder)
         else:

@@ -1,61 +1,119 @@
-"""The trained model as an MLflow 3 LoggedModel, made with the run's own client.
+"""Models as MLflow 3 LoggedModels, made with the run's own client: the trained model and every checkpoint.
 
 MLflow's `log_model` helpers create the LoggedModel through process-global state: with
 no active experiment it lands in the Default experiment, under `./mlruns` of whatever
 folder the command was started from. Here it is created in the run's experiment, so it
 is listed in that experiment's Models view and stored under the store's artifact root.
+
+Each is an MLflow model with the Keras flavor (`mlflow.pyfunc.load_model` and
+`mlflow.keras.load_model` work on it): `data/model.keras` holds the model. For a
+weights-only checkpoint that archive is the run's architecture (`config.json`,
+`metadata.json`) around the checkpoint file exactly as it was written, stored
+uncompressed as `model.weights.h5`, so its bytes are the checkpoint's bytes.
 """
 
+import shutil
 import tempfile
+import time
+import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
+
+MODEL_FILE = Path("data") / "model.keras"  # where MLflow's Keras flavor keeps the model
+ARCHITECTURE = ("config.json", "metadata.json")  # a .keras archive but for its weights
 
 
 @dataclass(frozen=True)
 class LoggedKerasModel:
     model_id: str
     uri: str  # models:/<model_id>, what mlflow.pyfunc.load_model and `mlflow models serve` take
-    version: Optional[str]  # the registered version, when a name was given
+    artifact_location: str
 
 
-def log_keras_model(client: MlflowClient, experiment_id: str, run_id: str, model, signature, registered_name: Optional[str], alias: str) -> LoggedKerasModel:
-    """Log `model` with MLflow's Keras flavor as an output of the run; register it and point
-    `alias` at the new version when a name is given.
+def keras_signature(model, x_sample):
+    """The model's input and output schema, from a few real examples: what serving checks requests against."""
+    from mlflow.models import infer_signature
+
+    return infer_signature(x_sample, model.predict(x_sample, verbose=0))
+
+
+def keras_model_folder(model, signature, folder: Path) -> Path:
+    """`model` as an MLflow model folder with the Keras flavor.
 
     Requirements are pinned from this environment rather than inferred, which would load
     the model again in a subprocess. (MLflow 3.17's Keras flavor fails with `input_example`;
-    the signature, inferred from real inputs and outputs, is what serving needs.)
+    the signature, from real inputs and outputs, is what serving needs.)
     """
     import keras
     import mlflow.keras
     import tensorflow as tf
+
+    requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
+    mlflow.keras.save_model(model, str(folder), signature=signature, pip_requirements=requirements)
+    return folder
+
+
+def checkpoint_model_folder(template: Path, checkpoint: Path, weights_only: bool, folder: Path) -> Path:
+    """An MLflow model folder for one checkpoint file, from the run's model folder `template`."""
+    shutil.copytree(template, folder, ignore=shutil.ignore_patterns(MODEL_FILE.parent.name))
+    model_file = folder / MODEL_FILE
+    model_file.parent.mkdir()
+    if not weights_only:  # a whole-model .keras checkpoint is already what the flavor loads
+        shutil.copy2(checkpoint, model_file)
+        return folder
+    with zipfile.ZipFile(template / MODEL_FILE) as architecture, zipfile.ZipFile(model_file, "w", zipfile.ZIP_STORED) as archive:
+        for name in ARCHITECTURE:
+            archive.writestr(name, architecture.read(name))
+        archive.write(checkpoint, "model.weights.h5")
+    return folder
+
+
+def _describe(folder: Path, logged: LoggedModel, run_id: str) -> None:
+    """Point the folder's MLmodel at the LoggedModel it is uploaded to."""
     from mlflow.models import Model
 
-    logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
-    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-    with tempfile.TemporaryDirectory() as folder:
-        local = Path(folder) / "model"
-        description = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id, model_id=logged.model_id)
-        requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
-        mlflow.keras.save_model(model, str(local), mlflow_model=description, signature=signature, pip_requirements=requirements)
-        client.log_model_artifacts(logged.model_id, str(local))
+    description = Model.load(folder)
+    description.artifact_path, description.model_id, description.run_id = logged.artifact_location, logged.model_id, run_id
+    description.model_uuid = uuid.uuid4().hex
+    description.utc_time_created = time.strftime("%Y-%m-%d %H:%M:%S.000000", time.gmtime())
+    description.save(folder / "MLmodel")
+
+
+def log_model_folder(client: MlflowClient, experiment_id: str, run_id: str, name: str, folder: Optional[Path], files: list[Path], tags: dict, step: int = 0) -> LoggedKerasModel:
+    """Create a LoggedModel that is an output of the run and upload its files: an MLflow model
+    folder, or, for formats no flavor loads (TF checkpoints), the files alone."""
+    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
+    if folder is not None:
+        _describe(folder, logged, run_id)
+        client.log_model_artifacts(logged.model_id, str(folder))
+    for path in files:
+        client.log_model_artifact(logged.model_id, str(path))
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-    uri = f"models:/{logged.model_id}"
-    version = None
-    if registered_name:
-        try:
-            client.create_registered_model(registered_name)
-        except MlflowException as error:
-            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-                raise
-        # The model's files, not its models:/ URI: MLflow's registry would look that URI up in the
-        # process-global tracking store, which is not this client's.
-        version = client.create_model_version(registered_name, source=logged.artifact_location, run_id=run_id, model_id=logged.model_id).version
-        client.set_registered_model_alias(registered_name, alias, version)
-    return LoggedKerasModel(logged.model_id, uri, version)
+    return LoggedKerasModel(logged.model_id, f"models:/{logged.model_id}", logged.artifact_location)
+
+
+def log_keras_model(client: MlflowClient, experiment_id: str, run_id: str, model, signature, tags: dict) -> LoggedKerasModel:
+    """The trained model with MLflow's Keras flavor, as an output of the run."""
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = keras_model_folder(model, signature, Path(scratch) / "model")
+        return log_model_folder(client, experiment_id, run_id, "model", folder, [], tags)
+
+
+def register(client: MlflowClient, name: str, model_id: str, artifact_location: str, run_id: str) -> str:
+    """A new version of registered model `name` for a LoggedModel; returns the version number."""
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+    # The model's files, not its models:/ URI: MLflow's registry would look that URI up in the
+    # process-global tracking store, which is not this client's.
+    return client.create_model_version(name, source=artifact_location, run_id=run_id, model_id=model_id).version

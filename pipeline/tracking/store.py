@@ -31,6 +31,9 @@ def sqlite_artifact_location(database: str, experiment: str) -> str:
     return (Path(database).resolve().parent / "mlartifacts" / experiment).as_uri()
 
 
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 def connect(tracking: TrackingConfig, outputs_root: str) -> tuple[MlflowClient, str]:
     """The client for the configured store and the experiment's id, creating it if needed."""
     uri = tracking.uri or default_tracking_uri(outputs_root)
@@ -50,7 +53,8 @@ def connect(tracking: TrackingConfig, outputs_root: str) -> tuple[MlflowClient, 
     if experiment is not None:
         return client, experiment.experiment_id
     location = sqlite_artifact_location(database, tracking.experiment) if database else None  # a server decides for itself
-    return client, client.create_experiment(tracking.experiment, artifact_location=location)
+    # The kind tells MLflow's UI to open the experiment in its model-training view, not the GenAI one.
+    return client, client.create_experiment(tracking.experiment, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
 
 
 def check_reachable(uri: str) -> None:

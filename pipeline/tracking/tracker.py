@@ -3,6 +3,7 @@
 import logging
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipeline.files import hard_linked
-from pipeline.tracking.journal import JOURNAL, STAGING, Journal, log_batches, read_metrics, send_staged
-from pipeline.tracking.logged_model import log_keras_model
+from pipeline.tracking.journal import JOURNAL, MODEL_STAGING, STAGING, Journal, log_batches, read_metrics, send_staged
+from pipeline.tracking.logged_model import LoggedKerasModel, log_keras_model
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,19 @@ class Tracker:
         self.staging = output_dir / STAGING
         self.staging.mkdir(parents=True, exist_ok=True)
         self.lost: Optional[str] = None  # why the tracking server stopped answering
+        self.datasets: dict[str, tuple[str, str]] = {}  # context ("training", "evaluation") -> (name, digest), once logged
+        self.model: Optional[LoggedKerasModel] = None  # the trained model, once logged
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-upload")
         self._submitted = 0  # work queued so far, some of it queued by other queued work
+        self._lock = threading.Lock()
 
     def record(self, kind: str, data: dict, step: Optional[int] = None) -> None:
         self.journal.record(kind, data, step)
 
     def background(self, call: Callable[[], Any]) -> None:
         """Queue work for the tracking thread: calls to the store, or local work (a plot, a file) in order with them."""
-        self._submitted += 1
+        with self._lock:  # the system-metrics thread queues work too
+            self._submitted += 1
         self._worker.submit(self._logged, call)
 
     def remote(self, action: str, call: Callable[[], Any]) -> None:
@@ -94,17 +99,32 @@ class Tracker:
         self._worker.shutdown(wait=True)
         if self.lost is None:  # otherwise what is staged stays for `pipeline.sync`
             shutil.rmtree(self.staging, ignore_errors=True)
+            shutil.rmtree(self.output_dir / MODEL_STAGING, ignore_errors=True)
 
     def log_params(self, params: dict) -> None:
         self.record("params", params)
         self.remote("logging params", lambda: log_batches(self.client, self.run_id, params=params))
 
-    def log_metrics(self, metrics: dict, step: Optional[int] = None) -> None:
+    def log_metrics(self, metrics: dict, step: Optional[int] = None, model: Optional[Callable[[], Optional[str]]] = None, dataset: Optional[str] = None) -> None:
+        """Log metrics at a step. With `model`, a function asked on the tracking thread (after the
+        work queued before this call) for the LoggedModel the metrics were measured on, they are
+        linked to it and to a dataset: `dataset`'s, or by Keras's naming, `val_*` on the evaluation
+        data and the rest on the training data."""
         metrics = {k: float(v) for k, v in metrics.items()}
         self.record("metrics", metrics, step)
         timestamp = int(time.time() * 1000)
-        batch = [Metric(k, v, timestamp, step or 0) for k, v in metrics.items()]
-        self.remote("logging metrics", lambda: log_batches(self.client, self.run_id, metrics=batch))
+
+        def log():
+            model_id = model() if model else None
+            batch = [Metric(k, v, timestamp, step or 0, model_id, *self._dataset_of(k, dataset, model_id)) for k, v in metrics.items()]
+            log_batches(self.client, self.run_id, metrics=batch)
+
+        self.remote("logging metrics", log)
+
+    def _dataset_of(self, key: str, context: Optional[str], model_id: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+        if model_id is None or key == "learning_rate" or key.startswith("system/"):
+            return None, None
+        return self.datasets.get(context or ("evaluation" if key.startswith("val_") else "training"), (None, None))
 
     def set_tags(self, tags: dict) -> None:
         tags = {k: str(v) for k, v in tags.items()}
@@ -118,14 +138,25 @@ class Tracker:
     def latest_metrics(self) -> dict[str, float]:
         return {name: steps[max(steps)] for name, steps in read_metrics(self.journal.path).items()}
 
-    def log_files(self, paths: Iterable[Path]) -> None:
-        """Upload files, each under the artifact folder that mirrors its place on disk, as they are now."""
+    def stage(self, paths: Iterable[Path], folder: Path) -> Path:
+        """The files as they are now, hard-linked into a new folder under `folder`, each at its place under the output folder."""
+        folder.mkdir(parents=True, exist_ok=True)
+        batch = Path(tempfile.mkdtemp(dir=folder))  # unique, even beside what a killed session left
         for path in paths:
-            batch = Path(tempfile.mkdtemp(dir=self.staging))  # unique, even beside what a killed session left
             staged = batch / path.relative_to(self.output_dir)
             staged.parent.mkdir(parents=True, exist_ok=True)
             if not hard_linked(path, staged):
                 shutil.copy2(path, staged)
+        return batch
+
+    def stage_for_model(self, paths: Iterable[Path]) -> Path:
+        """Stage files that become a LoggedModel's, apart from the run's own uploads."""
+        return self.stage(paths, self.output_dir / MODEL_STAGING)
+
+    def log_files(self, paths: Iterable[Path]) -> None:
+        """Upload files, each under the artifact folder that mirrors its place on disk, as they are now."""
+        for path in paths:
+            batch = self.stage([path], self.staging)
             self.remote(f"uploading {path.name}", lambda batch=batch: send_staged(self.client, self.run_id, batch))
 
     def log_folder(self, folder: Path, artifact_path: Optional[str] = None) -> None:
@@ -133,12 +164,16 @@ class Tracker:
             artifact_path = folder.relative_to(self.output_dir).as_posix()
         self.remote(f"uploading {artifact_path}/", lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path))
 
-    def log_dataset(self, features, targets, name: str, source: str, context: str) -> None:
-        """Record a dataset as an MLflow input: its name, source, shape and content digest."""
+    def log_dataset(self, features, targets, name: str, source: str, context: str, as_input: bool = True) -> None:
+        """Record a dataset as an MLflow input: its name, source, shape and content digest. The
+        digest also links later model metrics to it; a resumed run, whose inputs are logged, needs only that."""
         from mlflow.data.numpy_dataset import from_numpy
 
         def log_input():
             dataset = from_numpy(features, targets=targets, source=source, name=name)
+            self.datasets[context] = (dataset.name, dataset.digest)
+            if not as_input:
+                return
             entity = DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
             try:
                 self.client.log_inputs(self.run_id, [entity])
@@ -147,17 +182,13 @@ class Tracker:
 
         self.remote("logging a dataset", log_input)
 
-    def log_keras_model(self, model, x_sample, registered_name: Optional[str], alias: str) -> None:
+    def log_keras_model(self, model, signature) -> None:
         """Log the model with MLflow's Keras flavor, so `mlflow.pyfunc.load_model` and
-        `mlflow models serve` work on it; register it and set `alias` when a name is given."""
-        from mlflow.models import infer_signature
-
-        signature = infer_signature(x_sample, model.predict(x_sample, verbose=0))
+        `mlflow models serve` work on it; `self.model` says where, once the upload is done."""
 
         def log_model():
-            logged = log_keras_model(self.client, self.experiment_id, self.run_id, model, signature, registered_name, alias)
-            self.set_tags({"mlflow_model_uri": logged.uri})
-            registered = f", registered as {registered_name} version {logged.version} (alias {alias!r})" if registered_name else ""
-            log.info("mlflow  | logged the model as %s%s", logged.uri, registered)
+            self.model = log_keras_model(self.client, self.experiment_id, self.run_id, model, signature, {"kind": "final"})
+            self.set_tags({"mlflow_model_uri": self.model.uri})
+            log.info("mlflow  | logged the model as %s", self.model.uri)
 
         self.remote("logging the MLflow model", log_model)

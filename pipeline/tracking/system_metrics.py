@@ -1,0 +1,74 @@
+"""What the machine did during the run: MLflow's system metrics, logged through the run's own tracker.
+
+MLflow's `SystemMetricsMonitor` samples CPU, memory, disk, network and, where present,
+NVIDIA or AMD GPUs, but logs through a client of its own and only after each full
+interval, so a run shorter than the interval gets nothing. Here its monitors are sampled
+every `interval` seconds on a thread of their own, once more when the run ends, and each
+sample goes through the tracker as `system/*` metrics, journaled like every other metric.
+"""
+
+import logging
+import threading
+from typing import Optional
+
+from pipeline.tracking.journal import read_metrics
+from pipeline.tracking.tracker import Tracker
+
+PREFIX = "system/"
+
+
+class SystemMetrics:
+    """A context manager: sample while inside it."""
+
+    def __init__(self, tracker: Tracker, interval: float):
+        self.tracker, self.interval = tracker, interval
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._monitors = []
+        # A resumed run continues the steps of the sessions before.
+        steps = [max(values) for name, values in read_metrics(tracker.journal.path).items() if name.startswith(PREFIX)]
+        self._step = max(steps) + 1 if steps else 0
+
+    def __enter__(self) -> "SystemMetrics":
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        mlflow_log = logging.getLogger("mlflow.system_metrics")
+        level = mlflow_log.level
+        mlflow_log.setLevel(logging.WARNING)  # "Skip logging GPU metrics" on every machine without one
+        try:
+            self._monitors = SystemMetricsMonitor(self.tracker.run_id, tracking_uri=self.tracker.client.tracking_uri).monitors
+        finally:
+            mlflow_log.setLevel(level)
+        self._sample()  # CPU utilisation is measured since the previous call: this one starts the clock
+        self._clear()
+        self._thread = threading.Thread(target=self._loop, name="system-metrics", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self._publish()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+            self._publish()
+
+    def _sample(self) -> None:
+        for monitor in self._monitors:
+            monitor.collect_metrics()
+
+    def _clear(self) -> None:
+        for monitor in self._monitors:
+            monitor.clear_metrics()
+
+    def _publish(self) -> None:
+        metrics = {}
+        for monitor in self._monitors:
+            metrics.update(monitor.aggregate_metrics())
+        self._clear()
+        if metrics:
+            self.tracker.log_metrics({PREFIX + name: value for name, value in metrics.items()}, step=self._step)
+            self._step += 1
