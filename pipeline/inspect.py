@@ -51,7 +51,7 @@ def model_from_run_config(config: Path) -> Callable:
     return model_factory(settings.model, settings.training, data.input_shape, data.num_classes)
 
 
-def load_summary(path: Path, format_name: str, trust: bool, config: Optional[Path] = None) -> dict:
+def load_summary(path: Path, format_name: str, trust: bool, config: Optional[Path] = None, declared: tuple = ()) -> dict:
     """Load the artifact as reload-verify does, and say what came back."""
     fmt = FORMATS[format_name]
     if not fmt.carries_architecture and config is None:
@@ -61,7 +61,7 @@ def load_summary(path: Path, format_name: str, trust: bool, config: Optional[Pat
         )
     import_tensorflow()
     fresh_model = model_from_run_config(config) if config is not None else lambda: None
-    return fmt.summarize(load(fmt, path, LoadContext(fresh_model=fresh_model, safe_mode=not trust)))
+    return fmt.summarize(load(fmt, path, LoadContext(fresh_model=fresh_model, safe_mode=not trust, declared=declared)))
 
 
 def render(info: dict, full: bool = False) -> str:
@@ -73,6 +73,8 @@ def render(info: dict, full: bool = False) -> str:
         lines.append(f"code: {', '.join(info['code'])} (refused by safe_mode)" if info["code"] else "code: none (loads under safe_mode)")
         missing = set(info["unregistered_classes"])
         lines.append("custom classes: " + (", ".join(f"{c}{' (not registered here)' if c in missing else ''}" for c in info["custom_classes"]) or "none"))
+        if info.get("outside_allow_list"):
+            lines.append(f"names outside Keras's building blocks: {', '.join(info['outside_allow_list'])} (refused unless --trust or --import)")
     if "loaded" in info:
         lines.append("loaded: " + ", ".join(f"{k} {v}" for k, v in info["loaded"].items()))
     return "\n".join(lines)
@@ -105,7 +107,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     problem = None
     if args.load:
         try:
-            info["loaded"] = load_summary(args.path, info["format"], args.trust, args.config)
+            info["loaded"] = load_summary(args.path, info["format"], args.trust, args.config, tuple(args.imports))
         except PipelineError as error:  # the inspection is still worth printing
             problem = error
     print(json.dumps(info, indent=2, default=str) if args.json else render(info, args.full))

@@ -4,6 +4,12 @@ Keras's safe_mode refuses Python code stored in a model (a Lambda layer's
 bytecode), and a custom class loads only once the code that registers it has
 been imported. Both can be read from the saved config without loading the
 model, so an error can name the layer or class, and `inspect` can report them.
+
+safe_mode does not stop a config from naming any importable function or class
+(CVE-2025-1550: a `.keras` whose config calls `keras.utils.get_file` or
+`keras.models.load_model`), and Keras once ignored it for `.h5` files
+(CVE-2025-9905). So before anything is loaded untrusted, the config is checked
+against an allow-list: Keras's building blocks, and the modules the user declared.
 """
 
 import json
@@ -11,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from pipeline.errors import unreadable
+from pipeline.errors import ArtifactError, unreadable
 
 TRUST_HINT = "if you trust the file, set verify.trust=true or pass --trust"
 IMPORT_HINT = (
@@ -47,6 +53,58 @@ def _objects(node: Any) -> Iterator[dict]:
     elif isinstance(node, list):
         for value in node:
             yield from _objects(value)
+
+
+# Modules whose classes and functions a config may name: Keras's building blocks.
+BUILDING_BLOCKS = ("layers", "activations", "losses", "optimizers", "initializers", "regularizers", "constraints", "metrics")
+ALLOWED_MODULES = tuple(f"keras.{name}" for name in BUILDING_BLOCKS)
+# Classes named from Keras's top level or its model modules: the model containers and dtype policies.
+ALLOWED_CLASSES = {
+    "keras": {"Sequential", "Model", "Functional", "DTypePolicy", "FloatDTypePolicy", "QuantizedDTypePolicy"},
+    "keras.src.models.functional": {"Functional"},
+    "keras.src.models.sequential": {"Sequential"},
+    "keras.src.models.model": {"Model"},
+}
+OWN_MODULES = ("pipeline.layers",)  # the pipeline's own registered layer
+
+
+def _within(module: str, modules: tuple[str, ...]) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in modules)
+
+
+def outside_allow_list(config: dict, declared: tuple[str, ...] = ()) -> list[str]:
+    """What a config names outside Keras's building blocks and the `declared` modules, as
+    `module.name`. (An object without a module resolves only to registered or built-in names.)"""
+    found = []
+    for obj in _objects(config):
+        module, name = obj.get("module"), obj["class_name"]
+        if not isinstance(module, str):
+            continue
+        if name == "function":  # a reference to a function by name, e.g. an activation
+            name = obj.get("config") if isinstance(obj.get("config"), str) else "?"
+        allowed = _within(module, ALLOWED_MODULES + OWN_MODULES + declared) or name in ALLOWED_CLASSES.get(module, ())
+        entry = f"{module}.{name}"
+        if not allowed and entry not in found:
+            found.append(entry)
+    return found
+
+
+def refuse_untrusted(path: Path, declared: tuple[str, ...] = ()) -> None:
+    """Stop before loading a file whose config would run code or reach outside the allow-list."""
+    config = saved_config(path)
+    if config is None:
+        return
+    code, foreign = code_layers(config), outside_allow_list(config, declared)
+    if code:
+        raise ArtifactError(_code_message(path, code))
+    missing = unregistered(custom_classes(config))
+    if missing:  # importing the module both registers the class and declares it trusted
+        raise ArtifactError(_missing_message(path, missing))
+    if foreign:
+        raise ArtifactError(
+            f"{path} names {', '.join(foreign)}, outside Keras's {', '.join(BUILDING_BLOCKS)} and the imported modules "
+            f"(a saved config can call any function it names); {TRUST_HINT}"
+        )
 
 
 def code_layers(config: dict) -> list[str]:
@@ -87,7 +145,15 @@ def trust_report(config: Optional[dict]) -> dict:
     if config is None:
         return {}
     classes = custom_classes(config)
-    return {"code": code_layers(config), "custom_classes": classes, "unregistered_classes": unregistered(classes)}
+    return {"code": code_layers(config), "custom_classes": classes, "unregistered_classes": unregistered(classes), "outside_allow_list": outside_allow_list(config)}
+
+
+def _code_message(path: Path, code: list[str]) -> str:
+    return f"{path} contains Python code ({', '.join(code)}), which Keras's safe_mode refuses to load; {TRUST_HINT}"
+
+
+def _missing_message(path: Path, missing: list[str]) -> str:
+    return f"{path} uses the custom class {', '.join(missing)}, which is not registered in this process: {IMPORT_HINT}"
 
 
 def explain_load_failure(format_name: str, path: Path, error: Exception) -> str:
@@ -96,8 +162,8 @@ def explain_load_failure(format_name: str, path: Path, error: Exception) -> str:
     if config is not None:
         code = code_layers(config)
         if code and "safe_mode" in str(error):
-            return f"{path} contains Python code ({', '.join(code)}), which Keras's safe_mode refuses to load; {TRUST_HINT}"
+            return _code_message(path, code)
         missing = unregistered(custom_classes(config))
         if missing:
-            return f"{path} uses the custom class {', '.join(missing)}, which is not registered in this process: {IMPORT_HINT}"
+            return _missing_message(path, missing)
     return unreadable(path, f"{format_name} artifact", error)

@@ -15,7 +15,7 @@ from pipeline.formats.keras_v3 import KerasFormat
 from pipeline.formats.savedmodel import SavedModelFormat
 from pipeline.formats.tf_checkpoint import TFCheckpointFormat
 from pipeline.formats.weights import WeightsFormat
-from pipeline.trust import explain_load_failure
+from pipeline.trust import explain_load_failure, refuse_untrusted
 
 FORMATS: dict[str, SaveFormat] = {f.name: f for f in (KerasFormat(), H5Format(), SavedModelFormat(), WeightsFormat(), TFCheckpointFormat())}
 
@@ -34,6 +34,8 @@ def load(fmt: SaveFormat, path: Path, ctx: LoadContext) -> Restored:
     """Load `path` as a user would; any failure becomes one ArtifactError that says what to do."""
     if not path.exists() and not fmt.files(path):
         raise ArtifactError(f"{path} does not exist")
+    if ctx.safe_mode:
+        refuse_untrusted(path, ctx.declared)
     try:
         return fmt.load(path, ctx)
     except ArtifactError:

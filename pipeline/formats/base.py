@@ -23,7 +23,8 @@ class LoadContext:
     """What a loader may need besides the path."""
 
     fresh_model: Callable[[], Any]  # a compiled, untrained model of the trained architecture
-    safe_mode: bool = True  # Keras refuses to deserialize code (e.g. Lambda layers) when True
+    safe_mode: bool = True  # refuse code (Lambda layers) and configs naming anything outside the allow-list
+    declared: tuple = ()  # modules the user imported on purpose: their classes and functions are allowed
 
 
 @dataclass
