@@ -51,7 +51,7 @@ def test_a_signal_mid_fit_stops_cleanly_and_the_same_command_resumes(sig, code, 
     process.wait(timeout=60)
 
     assert process.returncode == code
-    assert time.monotonic() - sent < 5
+    assert time.monotonic() - sent < 10  # "within a few seconds", with room for a loaded 2-core machine: most of it is Python and TensorFlow shutting down
     output = "".join(lines)
     assert "Traceback" not in output and "KeyboardInterrupt" not in output
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
