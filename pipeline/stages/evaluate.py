@@ -89,16 +89,16 @@ def evaluate(model: keras.Model, data: Dataset, ctx: RunContext) -> Evaluation:
         f"![confusion matrix](confusion_matrix.png)\n\n{_table(result)}\n\n![misclassified examples](misclassified.png)\n"
     )
     wrong = np.flatnonzero(predicted != data.y_test)
-    confidence = confidences(outputs)[wrong, predicted[wrong]]
-    worst = wrong[np.argsort(-confidence, kind="stable")][:GALLERY]
+    confidence = confidences(outputs)[np.arange(len(predicted)), predicted]  # in the predicted class
+    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:GALLERY]
     images = data.x_test[worst].reshape(len(worst), *data.image_shape) if data.image_shape else None
     title = f"{model.name} on {data.name}"
 
     def draw_and_upload():
-        drawn = [plot_confusion_matrix(confusion, folder / "confusion_matrix.png", f"{title}: {result.accuracy:.1%} accurate")]
+        plot_confusion_matrix(confusion, folder / "confusion_matrix.png", f"{title}: {result.accuracy:.1%} accurate")
         if images is not None:  # not image data: nothing to draw an example as
             shown = f"{len(worst)} of {len(wrong)} misclassified, most confident first"
-            drawn.append(plot_misclassified(images, data.y_test[worst], predicted[worst], confidences(outputs)[worst, predicted[worst]], folder / "misclassified.png", shown))
+            plot_misclassified(images, data.y_test[worst], predicted[worst], confidence[worst], folder / "misclassified.png", shown)
         tracker.log_folder(folder)
         if tracker.model is not None:
             model_id = tracker.model.model_id

@@ -26,6 +26,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from pipeline.files import hard_linked
+
 MODEL_FILE = Path("data") / "model.keras"  # where MLflow's Keras flavor keeps the model
 ARCHITECTURE = ("config.json", "metadata.json")  # a .keras archive but for its weights
 
@@ -66,7 +68,8 @@ def checkpoint_model_folder(template: Path, checkpoint: Path, weights_only: bool
     model_file = folder / MODEL_FILE
     model_file.parent.mkdir()
     if not weights_only:  # a whole-model .keras checkpoint is already what the flavor loads
-        shutil.copy2(checkpoint, model_file)
+        if not hard_linked(checkpoint, model_file):
+            shutil.copy2(checkpoint, model_file)
         return folder
     with zipfile.ZipFile(template / MODEL_FILE) as architecture, zipfile.ZipFile(model_file, "w", zipfile.ZIP_STORED) as archive:
         for name in ARCHITECTURE:
