@@ -191,8 +191,8 @@ def throughput(repeats: int, sizes: Sizes, scratch: Path) -> Table:
     import keras
     from hydra import compose, initialize_config_dir
 
-    from pipeline.architectures import build_model
     from pipeline.context import RunContext
+    from pipeline.models import ModelFactory
     from pipeline.paths import RunPaths
     from pipeline.stages.data import load_data
     from pipeline.stages.fit import fit
@@ -215,13 +215,13 @@ def throughput(repeats: int, sizes: Sizes, scratch: Path) -> Table:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return validate(compose("config", overrides=overrides))
 
-    data = load_data(settings_for(32, scratch).data, "flat")
+    data = load_data(settings_for(32, scratch).data)
     for batch_size in sizes.batch_sizes:
 
         def plain() -> dict:
             settings = settings_for(batch_size, scratch)
             keras.utils.set_random_seed(settings.seed)
-            model = build_model(settings.model, settings.training.optimizer, data.input_shape, data.num_classes)
+            model = ModelFactory(settings.model, settings.training, data.input_shape, data.num_classes)()
             start = time.perf_counter()
             model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=1, validation_data=(data.x_test, data.y_test), verbose=0)
             return {"seconds": time.perf_counter() - start, "flops": training_flops(model, len(data.x_train), len(data.x_test))}
@@ -234,7 +234,7 @@ def throughput(repeats: int, sizes: Sizes, scratch: Path) -> Table:
             paths.root.mkdir(parents=True)
             with tracked_run(client, experiment_id, settings.tracking, paths.root, {}) as tracker:
                 keras.utils.set_random_seed(settings.seed)
-                model = build_model(settings.model, settings.training.optimizer, data.input_shape, data.num_classes)
+                model = ModelFactory(settings.model, settings.training, data.input_shape, data.num_classes)()
                 start = time.perf_counter()
                 fit(model, data, settings.training, settings.checkpoint, settings.callbacks, settings.seed, RunContext(paths, tracker), resuming=False)
                 seconds = time.perf_counter() - start
@@ -254,9 +254,11 @@ def throughput(repeats: int, sizes: Sizes, scratch: Path) -> Table:
 
 def precision_options(repeats: int, sizes: Sizes, data, settings) -> Table:
     """training.mixed_precision, and Keras's jit_compile (XLA), against float32, on plain model.fit."""
+    import dataclasses
+
     import keras
 
-    from pipeline.architectures import build_model
+    from pipeline.models import ModelFactory
 
     n = min(10000, len(data.x_train))
     variants = {"float32": (False, False), "mixed_bfloat16": (True, False), "jit_compile (XLA)": (False, True)}
@@ -265,7 +267,8 @@ def precision_options(repeats: int, sizes: Sizes, data, settings) -> Table:
         models = {}
         for name, (mixed, jit) in variants.items():
             keras.utils.set_random_seed(settings.seed)
-            models[name] = build_model(settings.model, settings.training.optimizer, data.input_shape, data.num_classes, mixed)
+            training = dataclasses.replace(settings.training, mixed_precision=mixed)
+            models[name] = ModelFactory(settings.model, training, data.input_shape, data.num_classes)()
             if jit:
                 models[name].jit_compile = True
             models[name].fit(data.x_train[:1024], data.y_train[:1024], batch_size=batch_size, epochs=1, verbose=0)  # tracing and compiling
@@ -287,8 +290,8 @@ def formats(repeats: int, sizes: Sizes, scratch: Path) -> Table:
     import keras
     import numpy as np
 
-    from pipeline.architectures import build_model
-    from pipeline.config import ModelConfig, OptimizerConfig
+    from pipeline.config import ModelConfig, TrainingConfig
+    from pipeline.models import ModelFactory
     from pipeline.files import disk_bytes
     from pipeline.formats import FORMATS, LoadContext, load
     from pipeline.formats.base import raw_state_bytes
@@ -296,10 +299,7 @@ def formats(repeats: int, sizes: Sizes, scratch: Path) -> Table:
     table = Table("3. Save and load per format", ["model", "parameters", "format", "save s", "load s", "bytes on disk", "raw bytes", "disk / raw"])
     rng = np.random.default_rng(0)
     for hidden_units in sizes.hidden_units:
-        model_cfg = ModelConfig(architecture="mlp", hidden_units=hidden_units)
-
-        def fresh():
-            return build_model(model_cfg, OptimizerConfig(), (784,), 10)
+        fresh = ModelFactory(ModelConfig("pipeline.architectures.mlp", {"hidden_units": hidden_units}), TrainingConfig(epochs=1, batch_size=32), (784,), 10)
 
         keras.utils.set_random_seed(0)
         model = fresh()

@@ -16,12 +16,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa:
 from hydra.core.override_parser.types import ValueType  # noqa: E402
 from hydra.errors import OverrideParseException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
+import yaml  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from pipeline.config import check_override  # noqa: E402  (importing it registers the schema Hydra validates against)
 from pipeline.errors import ConfigError, PipelineError, report  # noqa: E402
 from pipeline.interrupts import Interrupted, interruptible  # noqa: E402
 from pipeline.paths import CONF_DIR  # noqa: E402
+
+OPEN_GROUPS = ("data", "model")  # their keys are the arguments of whatever `_target_` names
 
 
 def check_overrides(args: list[str]) -> None:
@@ -42,6 +45,8 @@ def check_overrides(args: list[str]) -> None:
             continue
         key = override.key_or_group
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        if not override.is_add():
+            _check_target_argument(key, overrides)
         group = CONF_DIR / key
         if group.is_dir():
             options = sorted(p.stem for p in group.glob("*.yaml"))
@@ -51,6 +56,26 @@ def check_overrides(args: list[str]) -> None:
             continue
         for value in values:
             check_override(key, value)
+
+
+def _check_target_argument(key: str, overrides: list) -> None:
+    """`model.width=64` sets a key the chosen model file has; a new argument for its `_target_`
+    takes `+model.width=64`. Said in one line, naming the keys the file has."""
+    group, _, name = key.partition(".")
+    if group not in OPEN_GROUPS or not name or "." in name:
+        return
+    chosen = [o for o in overrides if o.key_or_group == group]
+    if chosen and chosen[-1].is_sweep_override():
+        return  # several files: each job's composition says
+    choice = chosen[-1].value() if chosen else default_choice(group)
+    keys = list(yaml.safe_load((CONF_DIR / group / f"{choice}.yaml").read_text()) or {})
+    if name not in keys:
+        raise ConfigError(f"{key}: {group}={choice} has no key {name!r} (its keys: {', '.join(keys)}); to pass a new argument to its _target_, write +{key}=...")
+
+
+def default_choice(group: str) -> str:
+    defaults = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]
+    return next(entry[group] for entry in defaults if isinstance(entry, dict) and group in entry)
 
 
 def the_command() -> str:

@@ -1,88 +1,82 @@
-"""The model architectures a config can choose, by name, and the one way a model is built.
+"""The built-in architectures, each an ordinary `model._target_` like a user's own.
 
-Layers are named explicitly so that a fresh model built later in the same
-process lines up with a saved one layer for layer.
+Each takes `input_shape` and `num_classes` and the keys of its config, and returns
+an uncompiled model; `pipeline.models` compiles it from `training`. Layers are
+named so that a fresh model lines up with a saved one layer for layer.
 """
-
-from dataclasses import dataclass
-from functools import partial
-from typing import Callable
 
 import keras
 
-from pipeline.config import ModelConfig, OptimizerConfig, TrainingConfig
 from pipeline.layers import ResidualDense
 
 
-def _mlp(cfg: ModelConfig, input_shape: tuple, num_classes: int) -> keras.Model:
+def _check(hidden_units: int = 1, dropout: float = 0.0, conv_filters: tuple = ()) -> None:
+    if hidden_units < 1:
+        raise ValueError(f"model.hidden_units must be at least 1 (got {hidden_units})")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"model.dropout must be in [0, 1) (got {dropout})")
+    if any(f < 1 for f in conv_filters):
+        raise ValueError(f"model.conv_filters must be positive (got {list(conv_filters)})")
+
+
+def _flat_input(input_shape: tuple) -> list:
+    """The tutorial feeds flat vectors; images are flattened by the model itself, so the saved
+    model takes the data as it comes."""
+    return [keras.Input(shape=input_shape)] + ([keras.layers.Flatten(name="flatten")] if len(input_shape) > 1 else [])
+
+
+def mlp(input_shape: tuple, num_classes: int, hidden_units: int = 512, dropout: float = 0.2) -> keras.Model:
     """The tutorial's model: Dense(512, relu) -> Dropout(0.2) -> Dense(10) logits."""
+    _check(hidden_units, dropout)
     return keras.Sequential(
         [
-            keras.Input(shape=input_shape),
-            keras.layers.Dense(cfg.hidden_units, activation="relu", name="hidden"),
-            keras.layers.Dropout(cfg.dropout, name="dropout"),
+            *_flat_input(input_shape),
+            keras.layers.Dense(hidden_units, activation="relu", name="hidden"),
+            keras.layers.Dropout(dropout, name="dropout"),
             keras.layers.Dense(num_classes, name="logits"),
         ],
         name="mlp",
     )
 
 
-def _cnn(cfg: ModelConfig, input_shape: tuple, num_classes: int) -> keras.Model:
+def cnn(input_shape: tuple, num_classes: int, conv_filters: list = (16, 32), dropout: float = 0.2) -> keras.Model:
+    """Conv/pool blocks -> dropout -> logits, on (height, width, channels) images."""
+    _check(dropout=dropout, conv_filters=tuple(conv_filters))
+    if len(input_shape) != 3:
+        raise ValueError(f"cnn needs (height, width, channels) images; the data gives examples of shape {tuple(input_shape)}")
     layers = [keras.Input(shape=input_shape)]
-    for i, filters in enumerate(cfg.conv_filters):
+    for i, filters in enumerate(conv_filters):
         layers += [
             keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}"),
             keras.layers.MaxPooling2D(padding="same", name=f"pool{i}"),
         ]
     layers += [
         keras.layers.Flatten(name="flatten"),
-        keras.layers.Dropout(cfg.dropout, name="dropout"),
+        keras.layers.Dropout(dropout, name="dropout"),
         keras.layers.Dense(num_classes, name="logits"),
     ]
     return keras.Sequential(layers, name="cnn")
 
 
-def _residual(cfg: ModelConfig, input_shape: tuple, num_classes: int) -> keras.Model:
+def residual(input_shape: tuple, num_classes: int, hidden_units: int = 128, dropout: float = 0.1) -> keras.Model:
+    """An MLP with a custom, registered layer, so custom objects go through every save format."""
+    _check(hidden_units, dropout)
     return keras.Sequential(
         [
-            keras.Input(shape=input_shape),
-            keras.layers.Dense(cfg.hidden_units, activation="relu", name="hidden"),
-            ResidualDense(cfg.hidden_units, cfg.dropout, name="residual"),
+            *_flat_input(input_shape),
+            keras.layers.Dense(hidden_units, activation="relu", name="hidden"),
+            ResidualDense(hidden_units, dropout, name="residual"),
             keras.layers.Dense(num_classes, name="logits"),
         ],
         name="residual",
     )
 
 
-@dataclass(frozen=True)
-class Architecture:
-    build: Callable[[ModelConfig, tuple, int], keras.Model]
-    layout: str  # "flat" vectors or "image" (height, width, 1) tensors, as the data stage shapes them
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "mlp": Architecture(_mlp, "flat"),
-    "cnn": Architecture(_cnn, "image"),
-    "residual": Architecture(_residual, "flat"),
-}
-
-
-def model_factory(model_cfg: ModelConfig, training: TrainingConfig, input_shape: tuple, num_classes: int) -> Callable[[], keras.Model]:
-    """The run's one way to make a fresh, compiled model: for training, and for every loader that fills one."""
-    return partial(build_model, model_cfg, training.optimizer, input_shape, num_classes, training.mixed_precision)
-
-
-def build_model(model_cfg: ModelConfig, optimizer_cfg: OptimizerConfig, input_shape: tuple, num_classes: int, mixed_precision: bool = False) -> keras.Model:
-    """A compiled, untrained model, as the tutorial compiles it: for training, and as the fresh model loaders fill."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16" if mixed_precision else "float32")  # read as each layer is made
-    try:
-        model = ARCHITECTURES[model_cfg.architecture].build(model_cfg, input_shape, num_classes)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    model.compile(
-        optimizer=keras.optimizers.get({"class_name": optimizer_cfg.name, "config": {"learning_rate": optimizer_cfg.learning_rate}}),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
-    return model
+def application(input_shape: tuple, num_classes: int, application: str = "MobileNetV3Small", **options) -> keras.Model:
+    """A Keras Applications model (`keras.applications.<application>`), untrained, with
+    `num_classes` logits; `options` are its own arguments, e.g. `alpha` or `minimalistic`."""
+    if not hasattr(keras.applications, application):
+        valid = sorted(n for n in dir(keras.applications) if n[:1].isupper())
+        raise ValueError(f"model.application={application!r} is not in keras.applications: {', '.join(valid)}")
+    build = getattr(keras.applications, application)
+    return build(input_shape=tuple(input_shape), classes=num_classes, weights=None, classifier_activation=None, **options)

@@ -43,30 +43,50 @@ class Mode(Enum):
     max = "max"
 
 
+# Keys of the `data` and `model` groups the pipeline reads itself; every other key is an argument of `_target_`.
+TARGET = "_target_"
+
+
+def split_target(group: str, node: Dict[str, Any], own: tuple) -> tuple[str, dict, dict]:
+    """`{"_target_": t, own keys..., arguments...}` -> (t, own keys, arguments)."""
+    node = dict(node)
+    target = node.pop(TARGET, None)
+    require(isinstance(target, str) and bool(target), f"{group}._target_ must name a function, e.g. my_pkg.{group}:build (got {target!r})")
+    return target, {k: node.pop(k) for k in own if k in node}, node
+
+
 @dataclass
 class DataConfig:
-    name: str = MISSING
-    path: Optional[str] = None  # an npz in Keras's layout; None means Keras's own download
-    train_size: int = MISSING
-    test_size: int = MISSING
+    """The `data` group: `_target_` loads the data, called with the group's other keys."""
 
-    def check(self) -> None:
-        require(self.train_size >= 1, f"data.train_size must be at least 1 (got {self.train_size})")
-        require(self.test_size >= 1, f"data.test_size must be at least 1 (got {self.test_size})")
+    target: str
+    arguments: Dict[str, Any]
+    name: str  # names the MLflow datasets (`<name>-train`); by default the target's own name
+
+    @classmethod
+    def parse(cls, node: Dict[str, Any]) -> "DataConfig":
+        target, own, arguments = split_target("data", node, ("name",))
+        return cls(target, arguments, own.get("name") or target.replace(":", ".").rsplit(".", 1)[-1].lower())
 
 
 @dataclass
 class ModelConfig:
-    architecture: str = MISSING
-    hidden_units: int = 512
-    dropout: float = 0.2
-    conv_filters: List[int] = field(default_factory=lambda: [16, 32])
+    """The `model` group: `_target_` builds the model, called with `input_shape`, `num_classes`
+    and the group's other keys."""
+
+    target: str
+    arguments: Dict[str, Any]
     init_weights: Optional[str] = None  # start from these weights (.weights.h5, .keras, .h5 or a TF checkpoint)
 
-    def check(self) -> None:
-        require(self.hidden_units >= 1, f"model.hidden_units must be at least 1 (got {self.hidden_units})")
-        require(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1) (got {self.dropout})")
-        require(all(f >= 1 for f in self.conv_filters), f"model.conv_filters must be positive (got {self.conv_filters})")
+    @classmethod
+    def parse(cls, node: Dict[str, Any]) -> "ModelConfig":
+        target, own, arguments = split_target("model", node, ("init_weights",))
+        return cls(target, arguments, **own)
+
+    @property
+    def short_name(self) -> str:
+        """`pipeline.architectures.mlp` -> `mlp`: for run names and tags."""
+        return self.target.replace(":", ".").rsplit(".", 1)[-1]
 
 
 @dataclass
@@ -160,6 +180,10 @@ class TrainingConfig:
     epochs: int = MISSING
     batch_size: int = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    # How a model that comes back from its `_target_` uncompiled is compiled: a Keras loss for
+    # integer labels, on logits or on probabilities. A model that compiles itself keeps its own.
+    loss: str = "sparse_categorical_crossentropy"
+    from_logits: bool = True
     verbose: int = 1  # 0 silent; 1 Keras's progress bar on a terminal, one line per epoch elsewhere; 2 one line per epoch
     # Keras's "mixed_bfloat16" policy: bf16 compute, float32 weights. Faster on a CPU with
     # AVX512_BF16 (benchmarks/run.py measures it); off by default, as the tutorial trains in float32.
@@ -221,8 +245,11 @@ class PathsConfig:
 
 @dataclass
 class Config:
-    data: DataConfig = MISSING
-    model: ModelConfig = MISSING
+    # While composing, `data` and `model` are open mappings, since their keys are the arguments
+    # of whatever `_target_` names; `pipeline.validation` turns them into DataConfig and ModelConfig.
+    data: Dict[str, Any] = MISSING
+    model: Dict[str, Any] = MISSING
+    imports: List[str] = field(default_factory=list)  # modules imported before anything is built or loaded
     checkpoint: CheckpointConfig = MISSING
     save: Dict[str, SaveOptions] = field(default_factory=dict)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
@@ -240,7 +267,7 @@ class Config:
     def check(self) -> None:
         for name, options in self.save.items():
             options.check(name)
-        for part in (self.data, self.checkpoint, self.training, self.verify, self.model, self.training.optimizer, self.tracking, self.registry):
+        for part in (self.checkpoint, self.training, self.verify, self.training.optimizer, self.tracking, self.registry):
             part.check()
         if self.registry.model is RegistrySource.best:
             require(self.checkpoint.policy is not CheckpointPolicy.none, "registry.model=best registers the best checkpoint, but checkpoint=none writes none; use registry.model=final")

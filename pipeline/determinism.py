@@ -22,21 +22,27 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % 2**31
 
 
-def training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int):
+def training_dataset(x, y: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int):
     """All remaining epochs as one tf.data stream, each epoch shuffled by its own seed.
 
     Keras's own shuffling draws from one generator for the whole fit, so a resumed
     run would see different batches; here epoch e's order depends only on (seed, e).
     Each epoch is one gather into a shuffled copy, then plain slices: cheaper per
     step than a shuffle buffer or a gather per batch. Batches are prepared ahead.
+    `x` is an array, or files with a `decode` (pipeline.datasets.ImageFiles): then the
+    paths are shuffled, and each is decoded as its batch is made, in order.
     """
     import tensorflow as tf
 
-    features, labels = tf.constant(x), tf.constant(y)
+    decode = getattr(x, "decode", None)
+    features, labels = tf.constant(x.paths if decode else x), tf.constant(y)
 
     def one_epoch(epoch):  # a stateless shuffle: the order is a function of (seed, epoch) alone, whatever the global seed
         order = tf.random.experimental.stateless_shuffle(tf.range(len(x), dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices((tf.gather(features, order), tf.gather(labels, order))).batch(batch_size)
+        examples = tf.data.Dataset.from_tensor_slices((tf.gather(features, order), tf.gather(labels, order)))
+        if decode:
+            examples = examples.map(lambda path, label: (decode(path), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return examples.batch(batch_size)
 
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 

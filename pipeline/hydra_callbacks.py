@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -100,6 +101,25 @@ class MlflowSweepCallback(Callback):
         if self.swept is not None:
             chosen = [o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") in self.swept]
             os.environ[RUN_NAME_ENV] = ",".join(chosen)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """A sweep job refused before its run started (say its combination of values is impossible)
+        still gets a FAILED run under the parent, holding the error, so the report lists every job.
+        This runs in the job's own process, like on_job_start."""
+        parent_id, error = os.environ.get(PARENT_ENV), job_return._return_value
+        if parent_id is None or job_return.status is not JobStatus.FAILED or not isinstance(error, PipelineError):
+            return
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        from pipeline.tracking.store import connect
+
+        client, experiment_id = connect(TrackingConfig(uri=config.tracking.uri, experiment=config.tracking.experiment), config.paths.root)
+        folder = str(Path(config.hydra.runtime.output_dir).resolve())
+        if client.search_runs([experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' AND tags.output_dir = '{folder}'"):
+            return  # the run started, and its own error handling marked it
+        tags = {MLFLOW_PARENT_RUN_ID: parent_id, "error": f"{type(error).__name__}: {error}"[:5000], "output_dir": folder}
+        run = client.create_run(experiment_id, run_name=os.environ.get(RUN_NAME_ENV) or None, tags=tags)
+        client.set_terminated(run.info.run_id, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         unfinished = self.finish()

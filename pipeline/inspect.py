@@ -39,16 +39,28 @@ def model_from_run_config(config: Path) -> Callable:
     """A fresh model built as the run whose resolved `config.yaml` this is built it (its data gives the shapes)."""
     from omegaconf import OmegaConf
 
-    from pipeline.architectures import ARCHITECTURES, model_factory
-    from pipeline.stages.data import load_data
+    from pipeline.datasets import DataSource
+    from pipeline.models import ModelFactory
+    from pipeline.stages.data import data_source, load_data
     from pipeline.validation import validate
 
     try:
         settings = validate(OmegaConf.load(config))
     except (OSError, ValueError) as error:  # a missing file, or YAML that is not a config
         raise PipelineError(f"--config {config}: {unreadable(config, 'run config', error)}") from None
-    data = load_data(settings.data, ARCHITECTURES[settings.model.architecture].layout)
-    return model_factory(settings.model, settings.training, data.input_shape, data.num_classes)
+    source = data_source(settings.data)
+    spec = source.peek() if isinstance(source, DataSource) else load_data(settings.data, source)
+    return ModelFactory(settings.model, settings.training, spec.input_shape, spec.num_classes)
+
+
+def config_imports(config: Optional[Path]) -> list[str]:
+    """The `imports` a run's config declares: inspecting its files needs them as the run did."""
+    from omegaconf import OmegaConf
+
+    try:
+        return list(OmegaConf.load(config).get("imports") or []) if config is not None else []
+    except (OSError, ValueError) as error:
+        raise PipelineError(f"--config {config}: {unreadable(config, 'run config', error)}") from None
 
 
 def load_summary(path: Path, format_name: str, trust: bool, config: Optional[Path] = None, declared: tuple = ()) -> dict:
@@ -61,6 +73,7 @@ def load_summary(path: Path, format_name: str, trust: bool, config: Optional[Pat
         )
     import_tensorflow()
     fresh_model = model_from_run_config(config) if config is not None else lambda: None
+    declared = (*declared, *getattr(fresh_model, "declared", ()))
     return fmt.summarize(load(fmt, path, LoadContext(fresh_model=fresh_model, safe_mode=not trust, declared=declared)))
 
 
@@ -95,6 +108,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     quiet_libraries()
     plain_console()
     try:
+        args.imports += config_imports(args.config)
         for module in args.imports:
             import_tensorflow()  # a module that registers Keras classes imports Keras
             try:

@@ -64,6 +64,11 @@ class RunPaths:
         return self.root / "model_summary.txt"
 
     @property
+    def compile_config(self) -> Path:
+        """The optimizer, loss and metrics the model was compiled with, as Keras serializes them."""
+        return self.root / "compile_config.json"
+
+    @property
     def requirements(self) -> Path:
         """The installed packages, as `pip freeze` would list them."""
         return self.root / "environment" / "requirements.txt"
@@ -71,7 +76,7 @@ class RunPaths:
     def uploads(self, with_checkpoints: bool = False) -> list[tuple[Path, str]]:
         """What a run uploads as artifacts, as (local path, artifact folder) pairs, for those that exist.
         Checkpoints are LoggedModels of the run, so they are run artifacts only when asked for."""
-        files = [(self.resolved_config, ""), (self.model_summary, "")]
+        files = [(self.resolved_config, ""), (self.model_summary, ""), (self.compile_config, "")]
         folders = [(self.hydra, "hydra"), (self.requirements.parent, "environment")]
         names = ("checkpoints",) * with_checkpoints + ("saved", "reports", "evaluation", "plots", "tensorboard")
         folders += [(self.root / name, name) for name in names]

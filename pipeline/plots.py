@@ -57,6 +57,8 @@ def plot_misclassified(images: np.ndarray, true: np.ndarray, predicted: np.ndarr
     height, width = images.shape[1:3] if len(images) else (1, 1)
     cell_h, cell_w = height + max(2, height // 3), width + max(1, width // 8)  # room for the caption, and a gap
     colour = len(images) and images.ndim == 4 and images.shape[-1] == 3
+    if colour and images.max() > 1:  # 0-255 pixels, as image folders give them
+        images = images / 255.0
     mosaic = np.full((rows * cell_h, columns * cell_w, 3) if colour else (rows * cell_h, columns * cell_w), np.nan)
     for i, image in enumerate(images):
         row, column = divmod(i, columns)

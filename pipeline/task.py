@@ -18,13 +18,13 @@ import keras
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.architectures import ARCHITECTURES, model_factory
 from pipeline.config import Config
 from pipeline.console import move_log_file
 from pipeline.context import RunContext
 from pipeline.determinism import seed_everything
 from pipeline.errors import PipelineError
 from pipeline.files import unwritable
+from pipeline.models import ModelFactory
 from pipeline.paths import RunPaths
 from pipeline.plots import plot_training_curves
 from pipeline.resume import find_run_to_resume, owner_tags
@@ -41,7 +41,7 @@ from pipeline.tracking.provenance import environment_tags, git_state, installed_
 from pipeline.tracking.store import connect
 from pipeline.tracking.system_metrics import SystemMetrics
 from pipeline.tracking.tracker import Tracker
-from pipeline.validation import validate
+from pipeline.validation import check_model, validate
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def command_line_overrides() -> dict:
 
 def default_run_name(settings: Config) -> str:
     """A name that says what the run is, e.g. `mlp-every_epoch-keras`, for runs with no overrides to name them."""
-    return f"{settings.model.architecture}-{settings.checkpoint.policy.value}-{','.join(settings.save)}"
+    return f"{settings.model.short_name}-{settings.checkpoint.policy.value}-{','.join(settings.save)}"
 
 
 def continue_in(folder: Path) -> None:
@@ -98,11 +98,14 @@ def continue_in(folder: Path) -> None:
 
 def run_tags(settings: Config, digest: str, output_dir: Path) -> dict:
     return {
-        "architecture": settings.model.architecture,
+        "architecture": settings.model.short_name,
+        "model_target": settings.model.target,
+        "data_target": settings.data.target,
         "checkpoint_policy": settings.checkpoint.policy.value,
         "save_formats": ",".join(settings.save),
         "dataset": settings.data.name,
         "config_digest": digest,
+        **({"imports": ",".join(settings.imports)} if settings.imports else {}),
         "output_dir": str(output_dir),
         **command_line_overrides(),
         **owner_tags(),
@@ -129,7 +132,7 @@ def _log_inputs(resolved_cfg: dict, paths: RunPaths, tracker: Tracker) -> None:
 
 
 def _log_datasets(data: Dataset, tracker: Tracker, as_inputs: bool) -> None:
-    tracker.log_dataset(data.x_train, data.y_train, f"{data.name}-train", data.source, "training", as_inputs)
+    tracker.log_dataset(data.train_record, data.y_train, f"{data.name}-train", data.source, "training", as_inputs)
     tracker.log_dataset(data.x_test, data.y_test, f"{data.name}-test", data.source, "evaluation", as_inputs)
 
 
@@ -160,12 +163,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
             seed_everything(settings.seed, settings.deterministic)
 
             progress.stage = "data"
-            data = load_data(settings.data, ARCHITECTURES[settings.model.architecture].layout)
+            data = load_data(settings.data)
             _log_datasets(data, tracker, as_inputs=not resumed)
             training = settings.training
-            fresh_model = model_factory(settings.model, training, data.input_shape, data.num_classes)
+            fresh_model = ModelFactory(settings.model, training, data.input_shape, data.num_classes)
             progress.stage = "build"
-            model = build(fresh_model, settings.model, training, ctx)
+            model = build(fresh_model, settings.model, ctx)
+            check_model(model, settings)  # validation did so already, unless the data came from a user's function
 
             progress.stage = "fit"
             checkpoint = fit(model, data, training, settings.checkpoint, settings.callbacks, settings.seed, ctx, resuming=resumed is not None)
@@ -179,7 +183,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             saved = save(model, settings.save, ctx)
             tracker.log_keras_model(model, keras_signature(model, data.x_test[:8]))
             progress.stage = "verify"
-            report = reload_verify(model, data, saved, checkpoint, fresh_model, settings.verify, ctx)
+            report = reload_verify(model, data, saved, checkpoint, fresh_model, settings.verify, ctx, declared=(*settings.imports, *fresh_model.declared))
             progress.stage = "evaluate"
             evaluate(model, data, ctx)
             progress.stage = "register"

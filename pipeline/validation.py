@@ -1,17 +1,25 @@
-"""Checking a composed config against the schema's ranges and the registries' names.
+"""Checking a composed config against the schema, the registries and the user's code.
 
 The schema (`pipeline.config`) knows types and ranges; the names it may hold come
-from the registries of datasets, save formats, architectures and Keras's optimizers.
-Everything is checked here before any data is loaded or any MLflow run is started.
+from the save formats, Keras's optimizers and the `_target_`s of `data` and `model`.
+Everything is checked here before any MLflow run is started: where the data can be
+peeked at without loading it, the model is built once, so a model that cannot be
+built for the data, or cannot be saved in a chosen format, stops the job at once.
 """
 
-from omegaconf import DictConfig, OmegaConf
+import dataclasses
+from typing import Optional
 
-from pipeline.config import Config, require
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from pipeline.config import CheckpointPolicy, Config, DataConfig, ModelConfig, require
 from pipeline.console import import_tensorflow
+from pipeline.datasets import DataSource, Spec
 from pipeline.errors import ConfigError
 from pipeline.formats import FORMATS
-from pipeline.stages.data import DATASETS, check_source
+from pipeline.stages.data import data_source
+from pipeline.targets import check_arguments, import_modules, resolve
 
 
 def require_choice(key: str, value: str, valid) -> None:
@@ -19,20 +27,24 @@ def require_choice(key: str, value: str, valid) -> None:
 
 
 def validate(cfg: DictConfig) -> Config:
-    """Check a composed config and return it as typed dataclasses."""
+    """Check a composed config and return it as typed dataclasses, `data` and `model` included."""
     try:
         # Re-merging into the schema refuses keys that `+key=value` slipped in.
         settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg)))
-    except Exception as error:  # OmegaConf's own errors: missing values, bad interpolations
+    except MissingMandatoryValue as error:
+        raise ConfigError(f"{error.full_key} is not set: give it on the command line, e.g. {error.full_key}=...") from None
+    except Exception as error:  # OmegaConf's own errors: bad types, bad interpolations
         raise ConfigError(str(error).splitlines()[0]) from None
+    settings = dataclasses.replace(settings, data=DataConfig.parse(settings.data), model=ModelConfig.parse(settings.model))
     _check_formats(settings)
-    require_choice("data.name", settings.data.name, DATASETS)
     require(settings.paths.output_dir is not None, "paths.output_dir is not set: run from the command line, or set it to the job's folder")
     settings.check()
-    check_source(settings.data)
-    # These two import Keras (and TensorFlow): the others go first, so most bad values fail in a second.
-    _check_architecture(settings.model.architecture)
+    import_modules(settings.imports)
+    spec = _peek_data(settings.data)
+    # What follows imports Keras (and TensorFlow): the checks above fail in a second.
+    import_tensorflow()
     _check_optimizer(settings.training.optimizer.name)
+    _check_model(settings, spec)
     return settings
 
 
@@ -44,11 +56,54 @@ def _check_formats(settings: Config) -> None:
         require(not options.rewrites_hdf5 or name in hdf5, f"save.{name}: compression and chunk_kib apply only to the HDF5 formats: {', '.join(hdf5)}")
 
 
-def _check_architecture(name: str) -> None:
-    import_tensorflow()  # the architectures are Keras code
-    from pipeline.architectures import ARCHITECTURES
+def _peek_data(cfg: DataConfig) -> Optional[Spec]:
+    """The data's shape and classes, if its source can tell without loading it (a DataSource);
+    a user's data function loads as it is called, so it is only resolved and checked here."""
+    load = resolve(cfg.target, "data._target_")
+    if not (isinstance(load, type) and issubclass(load, DataSource)):
+        check_arguments(load, cfg.arguments, (), "data", cfg.target)
+        return None
+    return data_source(cfg).peek()
 
-    require_choice("model.architecture", name, ARCHITECTURES)
+
+def _check_model(settings: Config, spec: Optional[Spec]) -> None:
+    """Resolve the model's target; with the data's shape known, build the model once for it and
+    check that every chosen format can hold a model of its kind (otherwise the run does, once loaded)."""
+    import keras
+
+    from pipeline.models import ModelFactory, model_builder
+
+    if spec is None:
+        model_builder(settings.model)
+        return
+    check_model(ModelFactory(settings.model, settings.training, spec.input_shape, spec.num_classes)(), settings)
+    keras.backend.clear_session()  # layer names count from zero again for the run's own model
+
+
+def saved_formats(settings: Config) -> dict:
+    """Every format the run writes a model in, keyed by the config key that chose it."""
+    from pipeline.checkpoints import checkpoint_format
+
+    chosen = {f"save=[{name}]": FORMATS[name] for name in settings.save}
+    if settings.checkpoint.policy is not CheckpointPolicy.none:
+        chosen["checkpoint"] = checkpoint_format(settings.checkpoint)
+    return chosen
+
+
+def check_model(model, settings: Config) -> None:
+    """Refuse a model that a chosen format cannot hold, naming the formats that can."""
+    from pipeline.models import model_kind, unregistered
+
+    kind = model_kind(model)
+    if unregistered(model):
+        raise ConfigError(
+            f"model._target_={settings.model.target} returns a subclassed model of class {unregistered(model)}, which Keras cannot find by name "
+            "when it loads the model: decorate the class with @keras.saving.register_keras_serializable() and give it get_config()"
+        )
+    for key, fmt in saved_formats(settings).items():
+        if kind not in fmt.holds:
+            works = [name for name, other in FORMATS.items() if kind in other.holds]
+            raise ConfigError(f"{key}: a {kind} model ({settings.model.target}) cannot be saved as {fmt.name} ({fmt.description}); formats that can hold it: {', '.join(works)}")
 
 
 def _check_optimizer(name: str) -> None:

@@ -101,11 +101,12 @@ def assert_only_pipeline_lines(output: str) -> None:
     assert others == []
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m pipeline ARGS` in a subprocess, with the default store under cwd/outputs."""
-    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+def run_cli(*args: str, cwd: Path, timeout: int = 600, module: str = "pipeline", pythonpath: tuple = ()) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` (or another of its commands) in a subprocess, with the default
+    store under cwd/outputs; `pythonpath` adds folders, as a user's own package is found."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT), *map(str, pythonpath)])}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -176,3 +177,11 @@ def start_mlflow_server(store_uri: str, artifacts: Path) -> tuple[subprocess.Pop
     url = f"http://127.0.0.1:{port}"
     wait_for(f"{url}/health", server)
     return server, url
+
+
+def mlp_factory(input_shape: tuple, num_classes: int, hidden_units: int = 32):
+    """The run's model factory for the built-in MLP, as a test builds it without a config."""
+    from pipeline.config import ModelConfig, TrainingConfig
+    from pipeline.models import ModelFactory
+
+    return ModelFactory(ModelConfig("pipeline.architectures.mlp", {"hidden_units": hidden_units}), TrainingConfig(epochs=1, batch_size=32), input_shape, num_classes)

@@ -35,12 +35,19 @@ def test_missing_dataset_is_refused_before_anything_starts(tmp_path):
     assert not (tmp_path / "outputs" / "runs").exists()  # no folder
 
 
-def test_npz_with_wrong_keys_fails_the_run(make_cfg, client, tmp_path):
+def test_npz_with_wrong_keys_is_refused_before_any_run(make_cfg, client, tmp_path):
     np.savez(tmp_path / "mnist.npz", images=np.zeros((4, 28, 28)), labels=np.zeros(4))
 
-    with pytest.raises(DataError, match="is not an MNIST npz: it lacks x_train, y_train, x_test, y_test"):
+    with pytest.raises(DataError, match=r"mnist.npz lacks x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test: it holds images, labels \(set data.<role> to the key to use\)"):
         run(make_cfg(f"data.path={tmp_path / 'mnist.npz'}", "training.epochs=1"))
-    assert_failed_with(client, tmp_path, "DataError", "lacks x_train")
+    assert client.get_experiment_by_name(EXPERIMENT) is None  # the file's keys are read before a run starts
+
+
+def test_bad_data_from_a_users_function_fails_the_run(make_cfg, client, tmp_path):
+    """A user's data function loads as it is called, inside the run: its bad labels end the run FAILED."""
+    with pytest.raises(DataError, match=r"y_train must be 40 integer class labels from 0 \(got shape \(40,\), dtype float64\)"):
+        run(make_cfg("data=custom", "data._target_=bad_data.float_labels", "training.epochs=1"))
+    assert_failed_with(client, tmp_path, "DataError", "integer class labels")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from conftest import PROJECT
+from conftest import PROJECT, mlp_factory
 
 spec = importlib.util.spec_from_file_location("benchmarks_run", PROJECT / "benchmarks" / "run.py")
 bench = importlib.util.module_from_spec(spec)
@@ -33,10 +33,7 @@ def test_sides_alternate_and_flops_count_the_dense_kernels():
     a, b = bench.alternate(3, lambda: calls.append("A") or {"side": "A"}, lambda: calls.append("B") or {"side": "B"})
     assert calls == ["A", "B"] * 3 and len(a) == len(b) == 3
 
-    from pipeline.architectures import build_model
-    from pipeline.config import ModelConfig, OptimizerConfig
-
-    model = build_model(ModelConfig(architecture="mlp", hidden_units=512), OptimizerConfig(), (784,), 10)
+    model = mlp_factory((784,), 10, hidden_units=512)()
     macs = 784 * 512 + 512 * 10
     assert bench.training_flops(model, 60000, 10000) == 6 * macs * 60000 + 2 * macs * 10000
 

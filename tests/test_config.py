@@ -1,5 +1,6 @@
 """The composed config: the tutorial by default, overridable per group, and bad input refused before any work."""
 
+import numpy as np
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
@@ -14,8 +15,9 @@ from pipeline.validation import validate
 def test_default_is_the_tutorial(make_cfg):
     settings = validate(make_cfg())
 
-    assert (settings.data.name, settings.data.train_size, settings.data.test_size) == ("mnist", 1000, 1000)
-    assert (settings.model.architecture, settings.model.hidden_units, settings.model.dropout) == ("mlp", 512, 0.2)
+    assert (settings.data.name, settings.data.target, settings.data.arguments["train_size"], settings.data.arguments["test_size"]) == ("mnist", "pipeline.datasets.Mnist", 1000, 1000)
+    assert (settings.model.target, settings.model.arguments) == ("pipeline.architectures.mlp", {"hidden_units": 512, "dropout": 0.2})
+    assert (settings.training.loss, settings.training.from_logits, settings.imports) == ("sparse_categorical_crossentropy", True, [])
     assert (settings.training.epochs, settings.training.batch_size, settings.training.optimizer.name) == (10, 32, "adam")
     assert settings.checkpoint.policy is CheckpointPolicy.every_epoch and settings.checkpoint.weights_only
     assert list(settings.save) == ["keras"]
@@ -25,7 +27,7 @@ def test_default_is_the_tutorial(make_cfg):
 def test_groups_are_overridable(make_cfg):
     settings = validate(make_cfg("model=cnn", "checkpoint=every_n_epochs", "checkpoint.every=5", "save=[h5,keras,savedmodel]", "callbacks=[tensorboard,lr_schedule]"))
 
-    assert settings.model.architecture == "cnn"
+    assert settings.model.short_name == "cnn" and settings.model.arguments["conv_filters"] == [16, 32]
     assert (settings.checkpoint.policy, settings.checkpoint.every, settings.checkpoint.save_initial) == (CheckpointPolicy.every_n_epochs, 5, True)
     assert list(settings.save) == ["h5", "keras", "savedmodel"]  # the order given is the order saved
     assert settings.callbacks.tensorboard.histogram_freq == 1 and settings.callbacks.lr_schedule.factor == 0.5
@@ -38,14 +40,21 @@ def test_groups_are_overridable(make_cfg):
         ("checkpoint.every=-1", "checkpoint.every must be at least 1 (got -1)"),
         ("training.batch_size=0", "training.batch_size must be at least 1 (got 0)"),
         ("save=[]", "save must name at least one format: keras, h5, savedmodel, weights, tf_checkpoint"),
-        ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
+        ("model.dropout=1.5", "model._target_=pipeline.architectures.mlp could not build a model for inputs of shape (28, 28, 1): model.dropout must be in [0, 1) (got 1.5)"),
+        ("model=cnn data=npz data.path=PATH", "model._target_=pipeline.architectures.cnn could not build a model for inputs of shape (6,): cnn needs (height, width, channels) images"),
+        ("+model.width=3", "model.width: pipeline.architectures.mlp takes no argument 'width'; it takes: hidden_units, dropout"),
+        ("training.loss=nope_loss", "training.loss='nope_loss' is not a Keras loss class: BinaryCrossentropy,"),
+        ("training.loss=mean_squared_error", "training.loss='mean_squared_error' takes no from_logits"),
+        ("imports=[nowhere.layers]", "imports=nowhere.layers: no module named 'nowhere'; is its folder on PYTHONPATH?"),
         ("training.optimizer.name=adamm", "training.optimizer.name='adamm' is not a Keras optimizer: adadelta"),
-        ("model.architecture=nope", "model.architecture='nope' is not one of: cnn, mlp, residual"),
+        ("model=custom model._target_=nope.missing", "model._target_=nope.missing: no module named 'nope'; is its folder on PYTHONPATH?"),
+        ("model=custom", "model._target_ is not set: give it on the command line, e.g. model._target_=..."),
     ],
 )
-def test_bad_values_are_refused(override, message, make_cfg):
+def test_bad_values_are_refused(override, message, make_cfg, tmp_path):
+    np.savez(tmp_path / "table.npz", x_train=np.zeros((4, 6)), y_train=np.arange(4), x_test=np.zeros((2, 6)), y_test=np.arange(2))
     with pytest.raises(ConfigError) as error:
-        validate(make_cfg(override))
+        validate(make_cfg(*override.replace("PATH", str(tmp_path / "table.npz")).split()))
     assert message in str(error.value)
 
 
@@ -55,7 +64,7 @@ def test_wrong_types_and_unknown_keys_are_refused_at_composition(make_cfg):
     with pytest.raises(ConfigCompositionException, match="checkpoint.policy"):
         make_cfg("checkpoint.policy=sometimes")
     with pytest.raises(ConfigCompositionException, match="colour"):
-        make_cfg("model.colour=red")
+        make_cfg("model.colour=red")  # a model's keys are its function's arguments: adding one takes `+`
     with pytest.raises(ConfigError, match="colour"):  # `+` opens the node for writing; the schema still refuses it
         validate(make_cfg("+model.colour=red"))
 
@@ -63,17 +72,17 @@ def test_wrong_types_and_unknown_keys_are_refused_at_composition(make_cfg):
 def test_unknown_choice_names_the_valid_ones(make_cfg):
     with pytest.raises(MissingConfigException) as error:
         make_cfg("model=nope")
-    assert all(name in str(error.value) for name in ("cnn", "mlp", "residual"))
+    assert all(name in str(error.value) for name in ("cnn", "custom", "mlp", "mobilenet_v3_small", "residual"))
 
 
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (["model=nope"], "error: model='nope' is not an option; choose from: cnn, mlp, residual"),
+        (["model=nope"], "error: model='nope' is not an option; choose from: cnn, custom, mlp, mobilenet_v3_small, residual"),
         (["save=[keras,zip]"], "error: save='zip' is not an option; choose from: h5, keras, savedmodel, tf_checkpoint, weights"),
-        (["-m", "model=mlp,nope"], "error: model='nope' is not an option; choose from: cnn, mlp, residual"),
-        (["training.epochz=3"], "error: training.epochz: training has no key 'epochz'; its keys are: epochs, batch_size, optimizer, verbose"),
-        (["+colour=red"], "error: colour: the top level has no key 'colour'; its keys are: data, model, checkpoint, save,"),
+        (["-m", "model=mlp,nope"], "error: model='nope' is not an option; choose from: cnn, custom, mlp, mobilenet_v3_small, residual"),
+        (["training.epochz=3"], "error: training.epochz: training has no key 'epochz'; its keys are: epochs, batch_size, optimizer, loss, from_logits, verbose, mixed_precision"),
+        (["+colour=red"], "error: colour: the top level has no key 'colour'; its keys are: data, model, imports, checkpoint, save,"),
         (["training.batch_size=abc"], "error: training.batch_size='abc': Value 'abc' of type 'str' could not be converted to Integer"),
         (["checkpoint.policy=sometimes"], "error: checkpoint.policy='sometimes': Invalid value 'sometimes', expected one of [every_epoch, every_n_epochs,"),
         (["checkpoint.every=-1"], "error: checkpoint.every must be at least 1 (got -1)"),
@@ -83,6 +92,8 @@ def test_unknown_choice_names_the_valid_ones(make_cfg):
         (["paths.root={tmp}/a_file/outputs"], "error: cannot write the output folder {tmp}/a_file/outputs/runs/"),
         (["paths.root=/proc/x"], "error: cannot write the output folder /proc/x/runs/"),  # root passes access checks there
         (["data.path={tmp}/missing.npz"], "error: data.path: no file at {tmp}/missing.npz"),
+        (["model.colour=red"], "error: model.colour: model=mlp has no key 'colour' (its keys: _target_, hidden_units, dropout, init_weights); to pass a new argument to its _target_, write +model.colour=..."),
+        (["model=custom", "model._target_=nope.missing"], "error: model._target_=nope.missing: no module named 'nope'; is its folder on PYTHONPATH?"),
     ],
 )
 def test_cli_refuses_bad_input_in_one_line_before_any_work(overrides, expected, tmp_path):

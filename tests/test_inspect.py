@@ -12,12 +12,10 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import PROJECT, only_run
+from conftest import PROJECT, mlp_factory, only_run
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pipeline.architectures import build_model
-from pipeline.config import ModelConfig, OptimizerConfig
 from pipeline.errors import ArtifactError
 from pipeline.formats import FORMATS, LoadContext, load
 from pipeline.inspect import inspect_artifact, main
@@ -27,7 +25,7 @@ INPUTS, CLASSES = 64, 10
 
 
 def fresh_mlp():
-    return build_model(ModelConfig(architecture="mlp", hidden_units=32), OptimizerConfig(), (INPUTS,), CLASSES)
+    return mlp_factory((INPUTS,), CLASSES)()
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +185,7 @@ def test_compressed_hdf5_is_smaller_and_keras_still_reads_it(make_cfg, client, t
     assert refused.out.startswith(f"{weights}: weights (")  # the inspection is printed all the same
     assert refused.err.strip() == f"error: {weights} holds weights but no architecture: pass --config outputs/runs/<date_time>/config.yaml of the run that wrote it, and it loads into the model that config builds"
     text = inspect_text(capsys, weights, "--load", "--config", tmp_path / "job" / "config.yaml")
-    assert f"loaded: class Sequential, layers 3, parameters 38410, optimizer Adam, optimizer_iterations {2 * math.ceil(1200 / 32)}" in text
+    assert f"loaded: class Sequential, layers 4, parameters 38410, optimizer Adam, optimizer_iterations {2 * math.ceil(1200 / 32)}" in text
 
 
 def test_compression_is_refused_for_formats_that_are_not_hdf5(make_cfg):

@@ -79,7 +79,7 @@ def test_the_best_checkpoint_is_one_query_away_and_loads_with_pyfunc(default_run
     val_accuracy = {m.model_id: next(x.value for x in m.metrics if x.key == "val_accuracy") for m in models}
     assert val_accuracy[top.model_id] == max(val_accuracy.values())
 
-    x = np.random.default_rng(0).random((32, 64), dtype="float32")
+    x = np.random.default_rng(0).random((32, 8, 8, 1), dtype="float32")
     mlflow.set_tracking_uri(client.tracking_uri)
     try:
         served = np.asarray(mlflow.pyfunc.load_model(f"models:/{best.model_id}").predict(x))
@@ -169,7 +169,7 @@ def _digits_test():
     from pipeline.config import DataConfig
     from pipeline.stages.data import load_data
 
-    data = load_data(DataConfig(name="digits", train_size=256, test_size=128), "flat")
+    data = load_data(DataConfig.parse({"_target_": "pipeline.datasets.Digits", "train_size": 256, "test_size": 128}))
     return data.x_test, data.y_test
 
 

@@ -35,7 +35,7 @@ def test_logged_model_loads_with_pyfunc_and_is_registered(make_cfg, client, tmp_
     assert not (tmp_path / "mlruns").exists()
     mlflow.set_tracking_uri(client.tracking_uri)
     assert mlflow.get_logged_model(uri.removeprefix("models:/")).source_run_id == logged.info.run_id
-    x = np.random.default_rng(0).random((16, 64), dtype="float32")
+    x = np.random.default_rng(0).random((16, 8, 8, 1), dtype="float32")
     served = mlflow.pyfunc.load_model(uri).predict(x)
     own = keras.models.load_model(tmp_path / "job" / "saved" / "keras" / "model.keras").predict(x, verbose=0)
     np.testing.assert_allclose(np.asarray(served), own, atol=1e-5)
@@ -65,7 +65,7 @@ def test_mlflow_models_serve_predicts_what_the_pipeline_predicts(make_cfg, clien
     )
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", server)
-        images = np.random.default_rng(1).random((10, 64), dtype="float32")
+        images = np.random.default_rng(1).random((10, 8, 8, 1), dtype="float32")
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": images.tolist()}).encode(), headers={"Content-Type": "application/json"}
         )

@@ -42,7 +42,7 @@ def test_run_page_and_models_view(browser, make_cfg, client, tmp_path):
 
         page.get_by_text("ui-check").first.click()
         page.get_by_text("About this run").wait_for()
-        for key in ("architecture", "checkpoint_policy", "save_formats", "model.architecture", "checkpoint.policy", "training.epochs"):
+        for key in ("architecture", "checkpoint_policy", "save_formats", "model._target_", "checkpoint.policy", "training.epochs"):
             assert page.get_by_text(key, exact=True).first.is_visible(), key
         for value in ("every_epoch", "keras,h5,savedmodel"):  # shown as "tag: value"
             assert page.get_by_text(value).first.is_visible(), value

@@ -68,7 +68,7 @@ def test_run_records_what_recreating_it_needs(make_cfg, client, tmp_path):
     assert set(inputs) == {"digits-train", "digits-test"}
     train = inputs["digits-train"]
     assert train.dataset.digest and "load_digits" in train.dataset.source
-    assert json.loads(train.dataset.profile)["features_shape"] == [256, 64]
+    assert json.loads(train.dataset.profile)["features_shape"] == [256, 8, 8, 1]
     assert json.loads(inputs["digits-test"].dataset.profile)["targets_shape"] == [128]
     assert {t.value for t in train.tags} == {"training"}
 

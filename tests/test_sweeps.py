@@ -73,6 +73,7 @@ def test_grid_sweep_in_parallel_is_one_parent_with_a_run_per_job(tmp_path):
 
 def test_a_failing_job_fails_alone(tmp_path):
     result = run_cli("-m", *SMALL, "data.train_size=5000,100", cwd=tmp_path)  # digits has 1797 examples
+    # (refused as its job starts, before any data is loaded: its run records that it failed, and why)
 
     assert result.returncode != 0
     client, parent, children = sweep_runs(tmp_path)

@@ -114,7 +114,7 @@ def test_server_gone_mid_run_keeps_everything_and_sync_uploads_it_later(tmp_path
         client = MlflowClient(url)
         run = single_run(client)
         assert run.info.status == "FINISHED" and run.data.tags["synced_from"] == str(folder)
-        assert run.data.params["model.architecture"] == "mlp" and run.data.metrics["keras/verified"] == 1.0
+        assert run.data.params["model._target_"] == "pipeline.architectures.mlp" and run.data.metrics["keras/verified"] == 1.0
         assert [m.step for m in sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)] == list(range(25))
         uploaded = all_artifacts(client, run.info.run_id)
         assert {"saved/keras/model.keras", "checkpoints/checkpoint", "reports/verify.md", "config.yaml", "hydra/overrides.yaml"} <= uploaded

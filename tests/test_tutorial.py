@@ -65,7 +65,7 @@ def test_default_experiment_reproduces_the_tutorial(tmp_path):
     assert metrics["keras/max_abs_diff"] <= 1e-5 and metrics["keras/file_bytes"] > 0
     assert {"keras/save_seconds", "keras/load_seconds"} <= set(metrics)
 
-    assert params["model.architecture"] == "mlp" and params["model.hidden_units"] == "512"
+    assert params["model._target_"] == "pipeline.architectures.mlp" and params["model.hidden_units"] == "512"
     assert params["training.epochs"] == "10" and params["data.train_size"] == "1000"
     assert params["checkpoint.policy"] == "every_epoch"
     assert (tags["architecture"], tags["checkpoint_policy"], tags["save_formats"]) == ("mlp", "every_epoch", "keras")

@@ -85,6 +85,7 @@ class SaveFormat:
     carries_optimizer: bool
     carries_architecture: bool  # loads without a model built from the config
     hdf5: bool = False  # one HDF5 file, which can be rewritten compressed
+    holds: tuple = ("sequential", "functional", "subclassed")  # the model kinds (pipeline.models.model_kind) it can save
     described_without_tensorflow: bool = False  # `describe` reads the files with zipfile, json and h5py alone
 
     @property

@@ -19,6 +19,7 @@ class H5Format(SaveFormat):
     described_without_tensorflow = True
     carries_architecture = True
     hdf5 = True
+    holds = ("sequential", "functional")  # legacy HDF5 stores a config of layers; a subclassed model's call is not one
 
     def save(self, model, path: Path) -> None:
         # Keras 3.15's HDF5 writer pops "optimizer" from the live model's compile

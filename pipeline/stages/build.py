@@ -1,17 +1,18 @@
-"""Stage 2: build and compile the chosen architecture, as the tutorial compiles it, and
-optionally start it from an earlier run's weights, as the tutorial restores a checkpoint
-into a new model."""
+"""Stage 2: build the model `model._target_` names, compiled from `training` unless it
+compiled itself, and optionally start it from an earlier run's weights, as the tutorial
+restores a checkpoint into a new model."""
 
+import json
 import logging
 from pathlib import Path
-from typing import Callable
 
 import keras
 
-from pipeline.config import ModelConfig, TrainingConfig
+from pipeline.config import ModelConfig
 from pipeline.context import RunContext
 from pipeline.errors import ArtifactError, unreadable
 from pipeline.formats import detect
+from pipeline.models import ModelFactory, model_kind
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +42,24 @@ def load_initial_weights(model: keras.Model, path: Path) -> None:
         raise ArtifactError(f"{key}: {unreadable(path, 'checkpoint', error)}") from error
 
 
-def build(fresh_model: Callable[[], keras.Model], cfg: ModelConfig, training: TrainingConfig, ctx: RunContext) -> keras.Model:
-    """The model to train: a fresh one from the run's factory, started from `cfg.init_weights` if given."""
+def build(fresh_model: ModelFactory, cfg: ModelConfig, ctx: RunContext) -> keras.Model:
+    """The model to train: a fresh one from the run's factory, started from `cfg.init_weights` if given.
+    Its kind and what compiled it are tagged; its compile config is logged as a file."""
     model = fresh_model()
-    optimizer = training.optimizer
-    precision = ", mixed_bfloat16" if training.mixed_precision else ""
-    log.info("build   | %s: %s parameters, %s(learning_rate=%g)%s", model.name, f"{model.count_params():,}", optimizer.name, optimizer.learning_rate, precision)
+    optimizer = model.optimizer
+    precision = ", mixed_bfloat16" if fresh_model.training.mixed_precision else ""
+    compiled = "compiled by the model itself" if fresh_model.compiled_by == "model" else "compiled from training.*"
+    log.info(
+        "build   | %s (%s, from %s): %s parameters, %s(learning_rate=%g), %s%s",
+        model.name, model_kind(model), cfg.target, f"{model.count_params():,}", type(optimizer).__name__,
+        float(keras.ops.convert_to_numpy(optimizer.learning_rate)), compiled, precision,
+    )
     if cfg.init_weights:
         path = Path(cfg.init_weights).expanduser().resolve()
         load_initial_weights(model, path)
         log.info("build   | started from the weights in %s", path)
     ctx.paths.model_summary.write_text(summary_text(model))
-    ctx.tracker.log_files([ctx.paths.model_summary])
+    ctx.paths.compile_config.write_text(json.dumps(model.get_compile_config(), indent=2, default=str))
+    ctx.tracker.log_files([ctx.paths.model_summary, ctx.paths.compile_config])
+    ctx.tracker.set_tags({"model_kind": model_kind(model), "compiled_by": fresh_model.compiled_by})
     return model

@@ -1,26 +1,32 @@
-"""Stage 1: load a dataset, take the configured subsets and shape them for the model."""
+"""Stage 1: load the dataset `data._target_` names, check it, and hold it as arrays.
+
+A built-in `DataSource` or a user's own function may give the data as arrays,
+`((x_train, y_train), (x_test, y_test))`, or as a `(train, test)` pair of
+tf.data.Datasets of `(x, y)` examples (batched or not), which is read into arrays
+once. An image folder too large to hold decoded keeps its training set as files.
+Either way each epoch's order is drawn from the seed and the epoch alone
+(`pipeline.determinism`), so it is exact and resumable.
+"""
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Optional
-from zipfile import BadZipFile
+from typing import Optional, Union
 
 import numpy as np
 
 from pipeline.config import DataConfig
+from pipeline.datasets import DataSource, ImageFiles, Splits, as_arrays, example_shape
 from pipeline.errors import DataError
+from pipeline.targets import check_arguments, resolve
 
 log = logging.getLogger(__name__)
-
-MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 @dataclass
 class Dataset:
     name: str
     source: str
-    x_train: np.ndarray
+    x_train: Union[np.ndarray, ImageFiles]  # ImageFiles: too large to hold decoded, read from disk each epoch
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
@@ -31,96 +37,73 @@ class Dataset:
     def input_shape(self) -> tuple:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.x_train, ImageFiles)
 
-@dataclass
-class RawImages:
-    """Images (N, height, width) as the source gives them, before scaling."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    max_value: float
-    source: str
+    @property
+    def train_record(self) -> np.ndarray:
+        """What MLflow records as the training set: the examples, or, streamed, the files' paths."""
+        return self.x_train.paths if self.streamed else self.x_train
 
 
-def check_source(cfg: DataConfig) -> None:
-    """A missing file is found before anything starts; what is inside is read by the data stage."""
-    path = Path(cfg.path).expanduser().resolve() if cfg.path else None
-    if path is not None and not path.is_file():
-        raise DataError(f"data.path: no file at {path}; give an npz in Keras's MNIST layout, or no path to download MNIST")
-
-
-def _read_mnist_npz(path: Path) -> tuple:
+def data_source(cfg: DataConfig):
+    """What `data._target_` gives when called with its arguments: a DataSource (not yet read),
+    or, from a user's function, the data itself."""
+    make = resolve(cfg.target, "data._target_")
+    check_arguments(make, cfg.arguments, (), "data", cfg.target)
     try:
-        with np.load(path) as npz:
-            missing = [k for k in MNIST_KEYS if k not in npz.files]
-            if missing:
-                raise DataError(f"{path} is not an MNIST npz: it lacks {', '.join(missing)} (expected keys {', '.join(MNIST_KEYS)})")
-            return tuple(npz[k] for k in MNIST_KEYS)
-    except (BadZipFile, OSError, ValueError, EOFError) as error:
-        raise DataError(f"{path} is not a readable npz file: {error}") from None
+        return make(**cfg.arguments)
+    except (DataError, OSError) as error:
+        raise DataError(str(error).splitlines()[0]) from None
 
 
-def _mnist(cfg: DataConfig) -> RawImages:
-    if cfg.path:
-        check_source(cfg)
-        path = Path(cfg.path).expanduser().resolve()
-        x_train, y_train, x_test, y_test = _read_mnist_npz(path)
-        source = str(path)
-    else:
-        import keras
-
+def _splits(result, target: str) -> Splits:
+    if isinstance(result, DataSource):
+        return result.load()
+    try:
+        (x_train, y_train), (x_test, y_test) = result
+    except (TypeError, ValueError):
         try:
-            (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
-        except Exception as error:  # no network, a proxy, a damaged cache: all end the same way for the user
-            raise DataError(
-                f"could not download MNIST ({str(error).splitlines()[0]}); set MNIST_NPZ or data.path to a local mnist.npz, or use data=digits"
-            ) from None
-        source = "keras.datasets.mnist"
-    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (len(x),):
-            raise DataError(f"{source} is not MNIST: x_{name} {x.shape} / y_{name} {y.shape}, expected (N, 28, 28) / (N,)")
-    return RawImages(x_train, y_train, x_test, y_test, 255.0, source)
+            train, test = result
+            (x_train, y_train), (x_test, y_test) = as_arrays(train), as_arrays(test)
+        except (TypeError, ValueError, AttributeError):
+            raise DataError(f"data._target_={target} returned a {type(result).__name__}; return ((x_train, y_train), (x_test, y_test)) arrays or a (train, test) pair of tf.data.Datasets of (x, y)") from None
+    return Splits(*(np.asarray(a) for a in (x_train, y_train, x_test, y_test)), source=target)
 
 
-def _digits(cfg: DataConfig) -> RawImages:
-    """scikit-learn's bundled 8x8 digits: no network needed; a fixed stratified split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    if cfg.train_size + cfg.test_size > len(digits.images):
-        raise DataError(f"digits has {len(digits.images)} examples; data.train_size + data.test_size = {cfg.train_size + cfg.test_size}")
-    x_train, x_test, y_train, y_test = train_test_split(
-        digits.images, digits.target, train_size=cfg.train_size, test_size=cfg.test_size, stratify=digits.target, random_state=0
-    )
-    return RawImages(x_train, y_train, x_test, y_test, 16.0, "sklearn.datasets.load_digits")
+def _labels(y: np.ndarray, split: str, n: int) -> np.ndarray:
+    if y.shape != (n,) or not (np.issubdtype(y.dtype, np.integer) or np.array_equal(y, np.round(y))) or (n and y.min() < 0):
+        raise DataError(f"y_{split} must be {n} integer class labels from 0 (got shape {y.shape}, dtype {y.dtype}); one-hot labels: take argmax")
+    return y.astype("int64")
 
 
-DATASETS: dict[str, Callable[[DataConfig], RawImages]] = {"mnist": _mnist, "digits": _digits}
-
-
-def load_data(cfg: DataConfig, layout: str) -> Dataset:
-    """Take the first train/test examples, scale to [0, 1], flatten or add a channel axis."""
-    raw = DATASETS[cfg.name](cfg)
-    for split, size, available in (("train", cfg.train_size, len(raw.x_train)), ("test", cfg.test_size, len(raw.x_test))):
-        if size > available:
-            raise DataError(f"data.{split}_size={size} but {cfg.name} has {available} {split} examples")
-
-    def shape(x: np.ndarray, n: int) -> np.ndarray:
-        x = x[:n].astype("float32") / raw.max_value
-        return x.reshape(n, -1) if layout == "flat" else x[..., np.newaxis]
-
+def load_data(cfg: DataConfig, source=None) -> Dataset:
+    """Read the data, cast inputs to float32, give (height, width) images a channels axis, and check the labels."""
+    source = data_source(cfg) if source is None else source
+    splits = _splits(source, cfg.target)
+    xs = {}
+    for split, x in (("train", splits.x_train), ("test", splits.x_test)):
+        if isinstance(x, ImageFiles):  # decoded batch by batch as training goes
+            xs[split] = x
+            continue
+        if x.ndim < 2 or not np.issubdtype(x.dtype, np.number):
+            raise DataError(f"x_{split} must be a numeric array of examples (got shape {x.shape}, dtype {x.dtype})")
+        xs[split] = x.astype("float32", copy=False).reshape(len(x), *example_shape(x.shape[1:]))
+    if xs["train"].shape[1:] != xs["test"].shape[1:]:
+        raise DataError(f"train examples are {xs['train'].shape[1:]} but test examples are {xs['test'].shape[1:]}")
+    y_train, y_test = _labels(splits.y_train, "train", len(xs["train"])), _labels(splits.y_test, "test", len(xs["test"]))
+    shape = xs["train"].shape[1:]
     data = Dataset(
         name=cfg.name,
-        source=raw.source,
-        x_train=shape(raw.x_train, cfg.train_size),
-        y_train=raw.y_train[: cfg.train_size].astype("int64"),
-        x_test=shape(raw.x_test, cfg.test_size),
-        y_test=raw.y_test[: cfg.test_size].astype("int64"),
-        num_classes=int(max(raw.y_train.max(), raw.y_test.max())) + 1,
-        image_shape=tuple(raw.x_train.shape[1:]),
+        source=splits.source,
+        x_train=xs["train"],
+        y_train=y_train,
+        x_test=xs["test"],
+        y_test=y_test,
+        num_classes=int(max(y_train.max(), y_test.max())) + 1,
+        image_shape=shape if len(shape) == 3 and shape[-1] in (1, 3) else None,
     )
-    log.info("data    | %s: %d train, %d test, input %s, from %s", data.name, len(data.x_train), len(data.x_test), data.input_shape, data.source)
+    streamed = ", the training set streamed from disk" if data.streamed else ""
+    log.info("data    | %s: %d train, %d test, input %s, %d classes, from %s%s", data.name, len(data.x_train), len(data.x_test), data.input_shape, data.num_classes, data.source, streamed)
     return data

@@ -188,12 +188,14 @@ def reload_verify(
     fresh_model: Callable[[], keras.Model],
     cfg: VerifyConfig,
     ctx: RunContext,
+    declared: tuple = (),
 ) -> Report:
     """Verify every saved artifact against the trained model, and the last checkpoint against the
-    state it was written from; raises VerificationError, after the report is written, if any fails."""
+    state it was written from; raises VerificationError, after the report is written, if any fails.
+    `declared` are the user's modules (`imports`, the model's own): names in them pass the trust scan."""
     paths = ctx.paths
     with _expected_retracing():
-        loading = LoadContext(fresh_model=fresh_model, safe_mode=not cfg.trust)
+        loading = LoadContext(fresh_model=fresh_model, safe_mode=not cfg.trust, declared=declared)
         atol = cfg.atol
         trained = _trained_reference(model, data)
         untrained = accuracy(predict_logits(fresh_model(), data.x_test), data.y_test)  # first, so the save list does not change it
