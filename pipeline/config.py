@@ -199,10 +199,13 @@ class TrainingConfig:
 @dataclass
 class VerifyConfig:
     atol: float = 1e-5  # largest absolute difference in logits accepted as "the same model"
+    tolerance: Dict[str, float] = field(default_factory=dict)  # per format, e.g. {litert: 1e-4}: its own atol
     trust: bool = False  # load with Keras's safe_mode off: only for files you trust to run code
 
     def check(self) -> None:
         require(self.atol >= 0, f"verify.atol must be >= 0 (got {self.atol})")
+        for name, tolerance in self.tolerance.items():
+            require(tolerance >= 0, f"verify.tolerance.{name} must be >= 0 (got {tolerance})")
 
 
 @dataclass

@@ -34,7 +34,7 @@ IMPORT_NOISE = (
 )
 
 # Loggers whose INFO lines are the libraries' own business; their warnings and errors still show.
-CHATTY_LOGGERS = ("mlflow", "alembic", "tensorflow", "absl", "h5py", "urllib3", "matplotlib", "numexpr")
+CHATTY_LOGGERS = ("mlflow", "alembic", "tensorflow", "absl", "h5py", "urllib3", "matplotlib", "numexpr", "tf2onnx")
 
 
 def verbose_requested(argv: Sequence[str] = ()) -> bool:

@@ -50,9 +50,13 @@ def validate(cfg: DictConfig) -> Config:
 
 def _check_formats(settings: Config) -> None:
     require(bool(settings.save), f"save must name at least one format: {', '.join(FORMATS)}")
+    for name in settings.verify.tolerance:
+        require_choice("verify.tolerance", name, FORMATS)
     hdf5 = [name for name, fmt in FORMATS.items() if fmt.hdf5]
     for name, options in settings.save.items():
         require_choice("save", name, FORMATS)
+        missing = FORMATS[name].missing_packages()
+        require(not missing, f"save=[{name}] needs {', '.join(missing)}, not installed: pip install 'keras-save-pipeline[deploy]' (or pip install {' '.join(missing)})")
         require(not options.rewrites_hdf5 or name in hdf5, f"save.{name}: compression and chunk_kib apply only to the HDF5 formats: {', '.join(hdf5)}")
 
 

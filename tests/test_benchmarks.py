@@ -57,7 +57,7 @@ def test_tiny_run_writes_every_table_and_logs_it_to_mlflow(tmp_path):
     (options,) = rows(text, "Precision and compilation options")
     assert options[1].endswith("(1.00x)") and options[4] in ("float32", "mixed_bfloat16", "jit_compile (XLA)")
     formats = rows(text, "3. Save and load per format")
-    assert [(r[0], r[2]) for r in formats] == [(m, f) for m in ("mlp 16", "mlp 800") for f in ("keras", "h5", "savedmodel", "weights", "tf_checkpoint")]
+    assert [(r[0], r[2]) for r in formats] == [(m, f) for m in ("mlp 16", "mlp 800") for f in ("keras", "h5", "savedmodel", "weights", "tf_checkpoint", "onnx", "litert", "openvino")]
     for row in formats:
         assert number(row[7]) == pytest.approx(number(row[5]) / number(row[6]), rel=0.02)
     basic, joblib = rows(text, "4. Sweeps")

@@ -39,7 +39,7 @@ def test_groups_are_overridable(make_cfg):
     [
         ("checkpoint.every=-1", "checkpoint.every must be at least 1 (got -1)"),
         ("training.batch_size=0", "training.batch_size must be at least 1 (got 0)"),
-        ("save=[]", "save must name at least one format: keras, h5, savedmodel, weights, tf_checkpoint"),
+        ("save=[]", "save must name at least one format: keras, h5, savedmodel, weights, tf_checkpoint, onnx, litert, openvino"),
         ("model.dropout=1.5", "model._target_=pipeline.architectures.mlp could not build a model for inputs of shape (28, 28, 1): model.dropout must be in [0, 1) (got 1.5)"),
         ("model=cnn data=npz data.path=PATH", "model._target_=pipeline.architectures.cnn could not build a model for inputs of shape (6,): cnn needs (height, width, channels) images"),
         ("+model.width=3", "model.width: pipeline.architectures.mlp takes no argument 'width'; it takes: hidden_units, dropout"),
@@ -79,7 +79,7 @@ def test_unknown_choice_names_the_valid_ones(make_cfg):
     "overrides, expected",
     [
         (["model=nope"], "error: model='nope' is not an option; choose from: cnn, custom, mlp, mobilenet_v3_small, residual"),
-        (["save=[keras,zip]"], "error: save='zip' is not an option; choose from: h5, keras, savedmodel, tf_checkpoint, weights"),
+        (["save=[keras,zip]"], "error: save='zip' is not an option; choose from: h5, keras, litert, onnx, openvino, savedmodel, tf_checkpoint, weights"),
         (["-m", "model=mlp,nope"], "error: model='nope' is not an option; choose from: cnn, custom, mlp, mobilenet_v3_small, residual"),
         (["training.epochz=3"], "error: training.epochz: training has no key 'epochz'; its keys are: epochs, batch_size, optimizer, loss, from_logits, verbose, mixed_precision"),
         (["+colour=red"], "error: colour: the top level has no key 'colour'; its keys are: data, model, imports, checkpoint, save,"),

@@ -1,4 +1,4 @@
-"""Every save format round-trips every architecture, in any order; a new format is one class and one
+"""Every save format round-trips every architecture (the deploy formats in their own runtimes), in any order; a new format is one class and one
 registry entry; a format that does not round-trip fails the run."""
 
 import json
@@ -38,6 +38,9 @@ def test_every_format_reload_verifies(architecture, make_cfg, client, tmp_path):
         carried = FORMATS[name].carries_optimizer
         assert checked[name]["optimizer"].startswith("restored") == carried, checked[name]["optimizer"]
         assert metrics[f"{name}/file_bytes"] > 0
+        # the deploy formats ran in their own runtimes, never TensorFlow, and were timed there
+        assert (checked[name]["runtime"] is not None) == FORMATS[name].deployed
+        assert (metrics.get(f"{name}/latency_ms_batch256", 0) > 0) == FORMATS[name].deployed
     run_id = only_run(client).info.run_id
     artifacts = {f.path for f in client.list_artifacts(run_id, "saved")}
     assert artifacts == {f"saved/{name}" for name in ALL_FORMATS}

@@ -12,12 +12,17 @@ from pipeline.errors import ArtifactError
 from pipeline.formats.base import LoadContext, Restored, SaveFormat
 from pipeline.formats.h5 import H5Format
 from pipeline.formats.keras_v3 import KerasFormat
+from pipeline.formats.litert import LiteRTFormat
+from pipeline.formats.onnx_model import OnnxFormat
+from pipeline.formats.openvino_ir import OpenVINOFormat
 from pipeline.formats.savedmodel import SavedModelFormat
 from pipeline.formats.tf_checkpoint import TFCheckpointFormat
 from pipeline.formats.weights import WeightsFormat
 from pipeline.trust import explain_load_failure, refuse_untrusted
 
-FORMATS: dict[str, SaveFormat] = {f.name: f for f in (KerasFormat(), H5Format(), SavedModelFormat(), WeightsFormat(), TFCheckpointFormat())}
+FORMATS: dict[str, SaveFormat] = {
+    f.name: f for f in (KerasFormat(), H5Format(), SavedModelFormat(), WeightsFormat(), TFCheckpointFormat(), OnnxFormat(), LiteRTFormat(), OpenVINOFormat())
+}
 
 
 def detect(path: Path) -> SaveFormat:

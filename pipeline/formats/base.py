@@ -86,6 +86,7 @@ class SaveFormat:
     carries_architecture: bool  # loads without a model built from the config
     hdf5: bool = False  # one HDF5 file, which can be rewritten compressed
     holds: tuple = ("sequential", "functional", "subclassed")  # the model kinds (pipeline.models.model_kind) it can save
+    deployed: bool = False  # exported for inference, run in a runtime of its own (pipeline.formats.exported)
     described_without_tensorflow: bool = False  # `describe` reads the files with zipfile, json and h5py alone
 
     @property
@@ -95,6 +96,10 @@ class SaveFormat:
 
     def save(self, model, path: Path) -> None:
         raise NotImplementedError
+
+    def missing_packages(self) -> list[str]:
+        """The pip packages this format needs that are not installed."""
+        return []
 
     def load(self, path: Path, ctx: LoadContext) -> Restored:
         """Load `path` the way a user would."""

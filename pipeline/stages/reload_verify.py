@@ -82,6 +82,10 @@ class Check:
     bytes: Optional[int] = None
     raw_bytes: Optional[int] = None  # the uncompressed arrays the artifact stores
     save_seconds: Optional[float] = None
+    atol: Optional[float] = None  # the tolerance it was held to
+    runtime: Optional[str] = None  # a deploy format's own runtime, where it was run
+    latency_ms_batch1: Optional[float] = None  # milliseconds per example in that runtime, one example a call
+    latency_ms_batch256: Optional[float] = None  # and 256 a call
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -110,7 +114,23 @@ def compare_optimizer(restored: Any, reference: Reference) -> tuple[str, Optiona
     return f"restored: {iterations} iterations, {len(values)} variables", None
 
 
+LATENCY_BATCHES = {1: 30, 256: 5}  # examples a call: timed calls
+
+
+def latency_ms(predict: Callable[[np.ndarray], Any], x: np.ndarray, batch: int) -> float:
+    """Median milliseconds per example of `predict` on `batch` examples a call, after a warm-up call."""
+    sample = np.resize(x, (batch, *x.shape[1:]))  # the test set, repeated if it is smaller
+    predict(sample)
+    times = []
+    for _ in range(LATENCY_BATCHES[batch]):
+        start = time.perf_counter()
+        predict(sample)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times)) / batch
+
+
 def verify_artifact(check: Check, fmt: SaveFormat, path: Path, ctx: LoadContext, reference: Reference, expect_optimizer: bool, data: Dataset, atol: float) -> Check:
+    check.atol = atol
     start = time.perf_counter()
     try:
         restored = load(fmt, path, ctx)
@@ -123,6 +143,9 @@ def verify_artifact(check: Check, fmt: SaveFormat, path: Path, ctx: LoadContext,
     check.accuracy = accuracy(predictions, data.y_test)
     if not check.max_abs_diff <= atol:
         check.problems.append(f"predictions differ by {check.max_abs_diff:.3g} (> atol {atol:g})")
+    if fmt.deployed:  # what it costs to run there, per example
+        check.runtime = fmt.runtime
+        check.latency_ms_batch1, check.latency_ms_batch256 = (latency_ms(restored.predict, data.x_test, batch) for batch in LATENCY_BATCHES)
     if expect_optimizer:
         check.optimizer, problem = compare_optimizer(restored.optimizer, reference)
         if problem:
@@ -151,6 +174,21 @@ def _checkpoint_reference(record: CheckpointRecord, fresh_model: Callable[[], ke
     )
 
 
+def _deploy_markdown(report: "Report") -> str:
+    """Each deploy format in its own runtime next to the trained Keras model: size, fidelity, speed."""
+    def ms(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    header = ["format", "runtime", "bytes", "max abs diff", "tolerance", "accuracy", "ms/example, batch 1", "ms/example, batch 256"]
+    keras_row = ["keras (trained model)", "TensorFlow (Keras predict_on_batch)", "-", "0", "-", f"{report.trained_accuracy:.2%}"]
+    rows = [keras_row + [ms(report.keras_latency_ms.get(1)), ms(report.keras_latency_ms.get(256))]]
+    for c in (c for c in report.checks if c.runtime):
+        diff = "-" if c.max_abs_diff is None else f"{c.max_abs_diff:.3g}"
+        accuracy_cell = "-" if c.accuracy is None else f"{c.accuracy:.2%}"
+        rows.append([c.artifact, c.runtime, f"{c.bytes:,}" if c.bytes else "-", diff, f"{c.atol:g}", accuracy_cell, ms(c.latency_ms_batch1), ms(c.latency_ms_batch256)])
+    return f"## Deploy formats, each in its own runtime\n\n{markdown_table(header, rows)}\n\n"
+
+
 def _markdown(checks: list[Check], untrained: float, trained: float, atol: float) -> str:
     def cell(value, spec=""):
         return "-" if value is None else format(value, spec)
@@ -174,6 +212,7 @@ class Report:
     trained_accuracy: float
     atol: float
     checks: list[Check]
+    keras_latency_ms: dict = field(default_factory=dict)  # the trained Keras model's, per example, by batch size
 
     @property
     def failures(self) -> list[Check]:
@@ -203,11 +242,14 @@ def reload_verify(
         for artifact in saved:
             check = Check(artifact.format.name, artifact.format.name, str(artifact.path.relative_to(paths.root)), trained.description)
             check.bytes, check.raw_bytes, check.save_seconds = artifact.bytes, artifact.raw_bytes, artifact.save_seconds
-            checks.append(verify_artifact(check, artifact.format, artifact.path, loading, trained, artifact.format.carries_optimizer, data, atol))
+            tolerance = cfg.tolerance.get(artifact.format.name, atol)
+            checks.append(verify_artifact(check, artifact.format, artifact.path, loading, trained, artifact.format.carries_optimizer, data, tolerance))
         if checkpoint is not None:
             checks.append(_verify_checkpoint(checkpoint, fresh_model, loading, data, atol, paths))
 
         report = Report(untrained, accuracy(trained.predictions, data.y_test), atol, checks)
+        if any(c.runtime for c in checks):  # the deploy table compares each runtime with Keras itself
+            report.keras_latency_ms = {batch: latency_ms(model.predict_on_batch, data.x_test, batch) for batch in LATENCY_BATCHES}
         _record(report, paths, ctx.tracker)
         if report.failures:
             details = "; ".join(f"{c.artifact} ({c.path}): {', '.join(c.problems)}" for c in report.failures)
@@ -235,29 +277,33 @@ def _record(report: Report, paths: RunPaths, tracker: Tracker) -> None:
         "untrained_accuracy": report.untrained_accuracy,
         "trained_accuracy": report.trained_accuracy,
         "atol": report.atol,
+        "keras_latency_ms": report.keras_latency_ms,
         "ok": not report.failures,
         "artifacts": [{**asdict(c), "ok": c.ok} for c in report.checks],
     }
     (paths.reports / "verify.json").write_text(json.dumps(payload, indent=2))
     table = _markdown(report.checks, report.untrained_accuracy, report.trained_accuracy, report.atol)
-    (paths.reports / "verify.md").write_text("# Reload-verify report\n\n" + table)
+    deploy = _deploy_markdown(report) if report.keras_latency_ms else ""
+    (paths.reports / "verify.md").write_text("# Reload-verify report\n\n" + table.replace(EVALUATION_LINKS, deploy + EVALUATION_LINKS))
     tracker.log_folder(paths.reports)
 
     metrics = {"untrained_accuracy": report.untrained_accuracy, "trained_accuracy": report.trained_accuracy}
     for c in report.checks:
-        for key in ("max_abs_diff", "accuracy", "load_seconds"):
+        for key in ("max_abs_diff", "accuracy", "load_seconds", "latency_ms_batch1", "latency_ms_batch256"):
             value = getattr(c, key)
             if value is not None:
                 metrics[f"{c.artifact}/{'restored_accuracy' if key == 'accuracy' else key}"] = value
         metrics[f"{c.artifact}/verified"] = float(c.ok)
+    metrics.update({f"trained/latency_ms_batch{batch}": value for batch, value in report.keras_latency_ms.items()})
     tracker.log_metrics(metrics)
     for c in report.checks:
+        where = f"run in {c.runtime}, {c.latency_ms_batch256:.3f} ms/example at batch 256" if c.runtime and c.latency_ms_batch256 else f"optimizer {c.optimizer}"
         log.info(
-            "verify  | %-13s %s: max abs diff %s, accuracy %s (untrained %.1f%%), optimizer %s",
+            "verify  | %-13s %s: max abs diff %s, accuracy %s (untrained %.1f%%), %s",
             c.artifact,
             "OK" if c.ok else "FAILED",
             "-" if c.max_abs_diff is None else f"{c.max_abs_diff:.3g}",
             "-" if c.accuracy is None else f"{c.accuracy:.1%}",
             100 * report.untrained_accuracy,
-            c.optimizer,
+            where,
         )

@@ -1,0 +1,65 @@
+"""The deploy formats: ONNX, LiteRT and OpenVINO, each exported with model.export, run back in its
+own runtime, held to its own tolerance, timed there, described without TensorFlow, and asked for
+only with their packages installed. (Every architecture through them: test_formats.py.)"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PROJECT, only_run
+from pipeline.errors import VerificationError
+from pipeline.task import run
+
+QUICK = ["data=digits", "training.epochs=2", "data.train_size=256", "data.test_size=128", "checkpoint=none"]
+DEPLOY = ["onnx", "litert", "openvino"]
+
+
+def test_each_runs_in_its_runtime_and_the_report_compares_them_with_keras(make_cfg, client, tmp_path):
+    metrics = run(make_cfg(*QUICK, f"save=[keras,{','.join(DEPLOY)}]", "+verify.tolerance.litert=1e-3"))
+
+    report = json.loads((tmp_path / "job" / "reports" / "verify.json").read_text())
+    checks = {c["artifact"]: c for c in report["artifacts"]}
+    assert {checks[name]["runtime"] for name in DEPLOY} == {"onnxruntime (CPU)", "LiteRT interpreter (ai_edge_litert)", "OpenVINO runtime (CPU)"}
+    assert (checks["onnx"]["atol"], checks["litert"]["atol"], checks["openvino"]["atol"]) == (1e-5, 1e-3, 1e-5)  # the override, and verify.atol
+    for name in DEPLOY:
+        assert checks[name]["ok"] and checks[name]["max_abs_diff"] <= 1e-5 and checks[name]["accuracy"] == pytest.approx(report["trained_accuracy"])
+        assert metrics[f"{name}/latency_ms_batch1"] > 0 and metrics[f"{name}/latency_ms_batch256"] > 0
+    assert metrics["trained/latency_ms_batch1"] > 0 and set(report["keras_latency_ms"]) == {"1", "256"}
+    table = (tmp_path / "job" / "reports" / "verify.md").read_text().split("## Deploy formats, each in its own runtime", 1)[1]
+    assert [line.split("|")[1].strip() for line in table.strip().splitlines()[2:6]] == ["keras (trained model)", *DEPLOY]
+    assert {a.path for a in client.list_artifacts(only_run(client).info.run_id, "saved/openvino/model")} == {"saved/openvino/model/model.xml", "saved/openvino/model/model.bin"}
+
+    # described by their own readers, without TensorFlow
+    script = (
+        "import sys; from pipeline.inspect import main\n"
+        f"for name in {[str(p) for p in (tmp_path / 'job' / 'saved').glob('*/model*') if not p.name.endswith('.keras')]!r}: main([name])\n"
+        "print('tensorflow imported:', 'tensorflow' in sys.modules)"
+    )
+    inspected = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True, timeout=300)
+    assert inspected.returncode == 0, inspected.stderr[-2000:]
+    assert "tensorflow imported: False" in inspected.stdout
+    assert "inputs: keras_tensor float[None, 8, 8, 1]" in inspected.stdout and "opset: ai.onnx" in inspected.stdout  # onnx
+    assert "ops: 6 of 5 kinds: FULLY_CONNECTED x2" in inspected.stdout  # litert, the file's own ops
+    assert "outputs: Identity:0 f32[None, 10]" in inspected.stdout  # openvino
+
+
+def test_a_runtime_held_to_a_tighter_tolerance_fails_that_format_alone(make_cfg, tmp_path):
+    with pytest.raises(VerificationError, match=r"reload-verify failed for 1 of 2 artifacts: onnx \(saved/onnx/model.onnx\): predictions differ by .* \(> atol 0\)"):
+        run(make_cfg(*QUICK, "save=[onnx,openvino]", "+verify.tolerance.onnx=0"))
+    report = json.loads((tmp_path / "job" / "reports" / "verify.json").read_text())
+    assert [c["ok"] for c in report["artifacts"]] == [False, True]
+
+
+@pytest.mark.parametrize("fmt, missing", [("onnx", "tf2onnx"), ("litert", "ai-edge-litert"), ("openvino", "openvino")])
+def test_a_deploy_format_without_its_package_stops_before_anything_with_the_install_command(fmt, missing, tmp_path):
+    """Run as if the package were not installed (Python finds no module where sys.modules holds None)."""
+    module = missing.replace("-", "_")
+    script = f"import runpy, sys; sys.modules[{module!r}] = None; sys.argv = ['pipeline', 'save=[keras,{fmt}]']; runpy.run_module('pipeline', run_name='__main__')"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: save=[{fmt}] needs {missing}, not installed: pip install 'keras-save-pipeline[deploy]' (or pip install {missing})"
+    assert "tensorflow" not in result.stderr.lower() and not (tmp_path / "outputs" / "runs").exists()
