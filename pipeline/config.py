@@ -105,6 +105,12 @@ class CheckpointConfig:
         require(self.max_to_keep >= 1, f"checkpoint.max_to_keep must be at least 1 (got {self.max_to_keep})")
 
 
+class Quantize(Enum):
+    none = "none"
+    dynamic = "dynamic"  # int8 weights, float activations: about a quarter of the size
+    float16 = "float16"  # float16 weights: about half
+
+
 class Compression(Enum):
     gzip = "gzip"  # everywhere HDF5 is; level 0-9
     lzf = "lzf"  # faster, lighter; h5py's own filter
@@ -117,6 +123,7 @@ class SaveOptions:
     compression_level: int = 4  # gzip: 0 (fastest) to 9 (smallest)
     shuffle: bool = False  # HDF5's byte-shuffle filter before compressing: float weights often shrink more
     chunk_kib: Optional[int] = None  # target size of a dataset chunk; None lets h5py choose
+    quantize: Quantize = Quantize.none  # litert only: post-training quantization, verified on accuracy
 
     @property
     def rewrites_hdf5(self) -> bool:
@@ -199,11 +206,13 @@ class TrainingConfig:
 @dataclass
 class VerifyConfig:
     atol: float = 1e-5  # largest absolute difference in logits accepted as "the same model"
+    max_accuracy_drop: float = 0.01  # a quantized model's logits legitimately differ: it may lose this much accuracy, no more
     tolerance: Dict[str, float] = field(default_factory=dict)  # per format, e.g. {litert: 1e-4}: its own atol
     trust: bool = False  # load with Keras's safe_mode off: only for files you trust to run code
 
     def check(self) -> None:
         require(self.atol >= 0, f"verify.atol must be >= 0 (got {self.atol})")
+        require(0 <= self.max_accuracy_drop <= 1, f"verify.max_accuracy_drop is a fraction of the test set, in [0, 1] (got {self.max_accuracy_drop})")
         for name, tolerance in self.tolerance.items():
             require(tolerance >= 0, f"verify.tolerance.{name} must be >= 0 (got {tolerance})")
 

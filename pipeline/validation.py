@@ -13,7 +13,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from pipeline.config import CheckpointPolicy, Config, DataConfig, ModelConfig, require
+from pipeline.config import CheckpointPolicy, Config, DataConfig, ModelConfig, Quantize, require
 from pipeline.console import import_tensorflow
 from pipeline.datasets import DataSource, Spec
 from pipeline.errors import ConfigError
@@ -58,6 +58,7 @@ def _check_formats(settings: Config) -> None:
         missing = FORMATS[name].missing_packages()
         require(not missing, f"save=[{name}] needs {', '.join(missing)}, not installed: pip install 'keras-save-pipeline[deploy]' (or pip install {' '.join(missing)})")
         require(not options.rewrites_hdf5 or name in hdf5, f"save.{name}: compression and chunk_kib apply only to the HDF5 formats: {', '.join(hdf5)}")
+        require(options.quantize is Quantize.none or name == "litert", f"save.{name}.quantize: quantization applies only to litert")
 
 
 def _peek_data(cfg: DataConfig) -> Optional[Spec]:

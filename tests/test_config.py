@@ -45,6 +45,8 @@ def test_groups_are_overridable(make_cfg):
         ("+model.width=3", "model.width: pipeline.architectures.mlp takes no argument 'width'; it takes: hidden_units, dropout"),
         ("training.loss=nope_loss", "training.loss='nope_loss' is not a Keras loss class: BinaryCrossentropy,"),
         ("training.loss=mean_squared_error", "training.loss='mean_squared_error' takes no from_logits"),
+        ("save=[onnx] save.onnx.quantize=dynamic", "save.onnx.quantize: quantization applies only to litert"),
+        ("verify.max_accuracy_drop=2", "verify.max_accuracy_drop is a fraction of the test set, in [0, 1] (got 2.0)"),
         ("imports=[nowhere.layers]", "imports=nowhere.layers: no module named 'nowhere'; is its folder on PYTHONPATH?"),
         ("training.optimizer.name=adamm", "training.optimizer.name='adamm' is not a Keras optimizer: adadelta"),
         ("model=custom model._target_=nope.missing", "model._target_=nope.missing: no module named 'nope'; is its folder on PYTHONPATH?"),

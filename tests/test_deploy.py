@@ -53,6 +53,18 @@ def test_a_runtime_held_to_a_tighter_tolerance_fails_that_format_alone(make_cfg,
     assert [c["ok"] for c in report["artifacts"]] == [False, True]
 
 
+@pytest.mark.parametrize("quantize, size_vs_float", [("dynamic", 0.4), ("float16", 0.6)])
+def test_a_quantized_litert_model_is_smaller_and_held_to_the_accuracy_it_may_lose(quantize, size_vs_float, make_cfg, tmp_path):
+    metrics = run(make_cfg(*QUICK, "save=[litert]", f"save.litert.quantize={quantize}"))
+
+    report = json.loads((tmp_path / "job" / "reports" / "verify.json").read_text())
+    (check,) = report["artifacts"]
+    assert check["ok"] and check["quantized"] == quantize
+    assert check["max_abs_diff"] > 1e-5  # its logits differ: held to the float tolerance, it would have failed
+    assert report["trained_accuracy"] - check["accuracy"] <= 0.01  # verify.max_accuracy_drop
+    assert metrics["litert/bytes_vs_raw"] < size_vs_float  # against the float32 weights
+
+
 @pytest.mark.parametrize("fmt, missing", [("onnx", "tf2onnx"), ("litert", "ai-edge-litert"), ("openvino", "openvino")])
 def test_a_deploy_format_without_its_package_stops_before_anything_with_the_install_command(fmt, missing, tmp_path):
     """Run as if the package were not installed (Python finds no module where sys.modules holds None)."""

@@ -97,6 +97,12 @@ class SaveFormat:
     def save(self, model, path: Path) -> None:
         raise NotImplementedError
 
+    quantized: str = ""  # how a quantized export was quantized; its logits may differ, its accuracy is checked instead
+
+    def with_options(self, options) -> "SaveFormat":
+        """This format as the run's `save.<name>` options configure it; most take none of theirs."""
+        return self
+
     def missing_packages(self) -> list[str]:
         """The pip packages this format needs that are not installed."""
         return []

@@ -28,10 +28,14 @@ class ExportedFormat(SaveFormat):
         """Found without importing them: validation runs before TensorFlow is imported."""
         return [package for module, package in self.requires.items() if importlib.util.find_spec(module) is None]
 
+    def export_options(self) -> dict:
+        """Further keyword arguments of `model.export`."""
+        return {}
+
     def save(self, model, path: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # Keras's tf2onnx shim probes numpy for `np.object`
-            model.export(str(path), format=self.export_format, verbose=False)
+            model.export(str(path), format=self.export_format, verbose=False, **self.export_options())
 
     def run_batches(self, run, x: np.ndarray) -> np.ndarray:
         """`run(batch)` over `x` in batches, as the other formats predict."""

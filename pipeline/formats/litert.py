@@ -31,6 +31,22 @@ class LiteRTFormat(ExportedFormat):
     runtime = "LiteRT interpreter (ai_edge_litert)"
     requires = {"ai_edge_litert": "ai-edge-litert"}
 
+    def __init__(self, quantize: str = ""):
+        self.quantized = quantize  # "", "dynamic" or "float16"
+
+    def with_options(self, options) -> "LiteRTFormat":
+        quantize = options.quantize.value
+        return LiteRTFormat("" if quantize == "none" else quantize)
+
+    def export_options(self) -> dict:
+        """TFLite's post-training quantization, set on its converter through model.export."""
+        if not self.quantized:
+            return {}
+        import tensorflow as tf
+
+        options = {"optimizations": [tf.lite.Optimize.DEFAULT]}
+        return {**options, "target_spec": {"supported_types": [tf.float16]}} if self.quantized == "float16" else options
+
     def load(self, path: Path, ctx: LoadContext) -> Restored:
         interpreter = _interpreter(path)
         (source,), (result,) = interpreter.get_input_details(), interpreter.get_output_details()

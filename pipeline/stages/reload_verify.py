@@ -84,6 +84,7 @@ class Check:
     save_seconds: Optional[float] = None
     atol: Optional[float] = None  # the tolerance it was held to
     runtime: Optional[str] = None  # a deploy format's own runtime, where it was run
+    quantized: str = ""  # how, if it was: then held to the accuracy it may lose, not to atol
     latency_ms_batch1: Optional[float] = None  # milliseconds per example in that runtime, one example a call
     latency_ms_batch256: Optional[float] = None  # and 256 a call
     problems: list[str] = field(default_factory=list)
@@ -129,7 +130,9 @@ def latency_ms(predict: Callable[[np.ndarray], Any], x: np.ndarray, batch: int) 
     return 1000 * float(np.median(times)) / batch
 
 
-def verify_artifact(check: Check, fmt: SaveFormat, path: Path, ctx: LoadContext, reference: Reference, expect_optimizer: bool, data: Dataset, atol: float) -> Check:
+def verify_artifact(
+    check: Check, fmt: SaveFormat, path: Path, ctx: LoadContext, reference: Reference, expect_optimizer: bool, data: Dataset, atol: float, max_accuracy_drop: float = 0.0
+) -> Check:
     check.atol = atol
     start = time.perf_counter()
     try:
@@ -141,7 +144,12 @@ def verify_artifact(check: Check, fmt: SaveFormat, path: Path, ctx: LoadContext,
     check.load_seconds = time.perf_counter() - start
     check.max_abs_diff = float(np.max(np.abs(predictions - reference.predictions)))
     check.accuracy = accuracy(predictions, data.y_test)
-    if not check.max_abs_diff <= atol:
+    if fmt.quantized:  # its logits legitimately differ: it is held to the accuracy it may lose
+        check.quantized = fmt.quantized
+        drop = accuracy(reference.predictions, data.y_test) - check.accuracy
+        if drop > max_accuracy_drop:
+            check.problems.append(f"{fmt.quantized} quantization lost {drop:.2%} accuracy (> verify.max_accuracy_drop {max_accuracy_drop:.2%})")
+    elif not check.max_abs_diff <= atol:
         check.problems.append(f"predictions differ by {check.max_abs_diff:.3g} (> atol {atol:g})")
     if fmt.deployed:  # what it costs to run there, per example
         check.runtime = fmt.runtime
@@ -185,7 +193,8 @@ def _deploy_markdown(report: "Report") -> str:
     for c in (c for c in report.checks if c.runtime):
         diff = "-" if c.max_abs_diff is None else f"{c.max_abs_diff:.3g}"
         accuracy_cell = "-" if c.accuracy is None else f"{c.accuracy:.2%}"
-        rows.append([c.artifact, c.runtime, f"{c.bytes:,}" if c.bytes else "-", diff, f"{c.atol:g}", accuracy_cell, ms(c.latency_ms_batch1), ms(c.latency_ms_batch256)])
+        tolerance = f"{c.quantized}: accuracy" if c.quantized else f"{c.atol:g}"
+        rows.append([c.artifact, c.runtime, f"{c.bytes:,}" if c.bytes else "-", diff, tolerance, accuracy_cell, ms(c.latency_ms_batch1), ms(c.latency_ms_batch256)])
     return f"## Deploy formats, each in its own runtime\n\n{markdown_table(header, rows)}\n\n"
 
 
@@ -243,7 +252,7 @@ def reload_verify(
             check = Check(artifact.format.name, artifact.format.name, str(artifact.path.relative_to(paths.root)), trained.description)
             check.bytes, check.raw_bytes, check.save_seconds = artifact.bytes, artifact.raw_bytes, artifact.save_seconds
             tolerance = cfg.tolerance.get(artifact.format.name, atol)
-            checks.append(verify_artifact(check, artifact.format, artifact.path, loading, trained, artifact.format.carries_optimizer, data, tolerance))
+            checks.append(verify_artifact(check, artifact.format, artifact.path, loading, trained, artifact.format.carries_optimizer, data, tolerance, cfg.max_accuracy_drop))
         if checkpoint is not None:
             checks.append(_verify_checkpoint(checkpoint, fresh_model, loading, data, atol, paths))
 
@@ -297,7 +306,8 @@ def _record(report: Report, paths: RunPaths, tracker: Tracker) -> None:
     metrics.update({f"trained/latency_ms_batch{batch}": value for batch, value in report.keras_latency_ms.items()})
     tracker.log_metrics(metrics)
     for c in report.checks:
-        where = f"run in {c.runtime}, {c.latency_ms_batch256:.3f} ms/example at batch 256" if c.runtime and c.latency_ms_batch256 else f"optimizer {c.optimizer}"
+        quantized = f", {c.quantized}-quantized" if c.quantized else ""
+        where = f"run in {c.runtime}{quantized}, {c.latency_ms_batch256:.3f} ms/example at batch 256" if c.runtime and c.latency_ms_batch256 else f"optimizer {c.optimizer}"
         log.info(
             "verify  | %-13s %s: max abs diff %s, accuracy %s (untrained %.1f%%), %s",
             c.artifact,

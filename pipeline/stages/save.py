@@ -34,7 +34,7 @@ def save(model: keras.Model, formats: dict[str, SaveOptions], ctx: RunContext) -
     paths, tracker = ctx.paths, ctx.tracker
     saved = []
     for name, options in formats.items():
-        fmt = FORMATS[name]
+        fmt = FORMATS[name].with_options(options)
         target = paths.saved(name) / (options.filename + fmt.suffix)
         start = time.perf_counter()
         with atomic_path(target) as temporary:
