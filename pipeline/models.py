@@ -16,7 +16,6 @@ from pipeline.errors import ConfigError
 from pipeline.targets import check_arguments, resolve
 
 SUPPLIED = ("input_shape", "num_classes")
-KINDS = ("sequential", "functional", "subclassed")
 
 
 def model_kind(model: keras.Model) -> str:

@@ -32,7 +32,7 @@ def import_modules(names: list[str]) -> None:
 
 
 def resolve(target: str, key: str) -> Callable:
-    """The callable `target` names: `a.b:c`, or `a.b.c` with the longest importable module prefix."""
+    """The callable `target` names: `a.b:c` (attribute `c` of module `a.b`, or `c.d` nested in it), or `a.b.c`."""
     if ":" in target:
         module_name, attribute = target.split(":", 1)
     else:

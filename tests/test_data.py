@@ -178,3 +178,8 @@ def test_labels_must_be_integer_classes():
     bad = ((np.zeros((4, 3)), np.array([0.5, 1, 2, 0])), (np.zeros((2, 3)), np.array([0, 1])))
     with pytest.raises(DataError, match=r"y_train must be 4 integer class labels from 0 \(got shape \(4,\), dtype float64\)"):
         load_data(data_cfg("my_models.data.stripes"), source=bad)
+
+
+def test_a_users_function_returning_something_else_is_named():
+    with pytest.raises(DataError, match=r"data._target_=my_models.data.stripes returned a int; return \(\(x_train, y_train\), \(x_test, y_test\)\) arrays or a \(train, test\) pair"):
+        load_data(data_cfg("my_models.data.stripes"), source=42)

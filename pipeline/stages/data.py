@@ -61,14 +61,15 @@ def data_source(cfg: DataConfig):
 def _splits(result, target: str) -> Splits:
     if isinstance(result, DataSource):
         return result.load()
+    wrong = f"data._target_={target} returned a {type(result).__name__}; return ((x_train, y_train), (x_test, y_test)) arrays or a (train, test) pair of tf.data.Datasets of (x, y)"
     try:
-        (x_train, y_train), (x_test, y_test) = result
-    except (TypeError, ValueError):
-        try:
-            train, test = result
+        train, test = result
+        if hasattr(train, "element_spec"):  # tf.data.Datasets, read once (not unpacked, which would iterate them)
             (x_train, y_train), (x_test, y_test) = as_arrays(train), as_arrays(test)
-        except (TypeError, ValueError, AttributeError):
-            raise DataError(f"data._target_={target} returned a {type(result).__name__}; return ((x_train, y_train), (x_test, y_test)) arrays or a (train, test) pair of tf.data.Datasets of (x, y)") from None
+        else:
+            (x_train, y_train), (x_test, y_test) = train, test
+    except (TypeError, ValueError):
+        raise DataError(wrong) from None
     return Splits(*(np.asarray(a) for a in (x_train, y_train, x_test, y_test)), source=target)
 
 
