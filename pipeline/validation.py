@@ -18,8 +18,8 @@ from pipeline.console import import_tensorflow
 from pipeline.datasets import DataSource, Spec
 from pipeline.errors import ConfigError
 from pipeline.formats import FORMATS
-from pipeline.stages.data import data_source
-from pipeline.targets import check_arguments, import_modules, resolve
+from pipeline.stages.data import data_loader, data_source
+from pipeline.targets import import_modules
 
 
 def require_choice(key: str, value: str, valid) -> None:
@@ -64,11 +64,8 @@ def _check_formats(settings: Config) -> None:
 def _peek_data(cfg: DataConfig) -> Optional[Spec]:
     """The data's shape and classes, if its source can tell without loading it (a DataSource);
     a user's data function loads as it is called, so it is only resolved and checked here."""
-    load = resolve(cfg.target, "data._target_")
-    if not (isinstance(load, type) and issubclass(load, DataSource)):
-        check_arguments(load, cfg.arguments, (), "data", cfg.target)
-        return None
-    return data_source(cfg).peek()
+    load = data_loader(cfg)
+    return data_source(cfg, load).peek() if isinstance(load, type) and issubclass(load, DataSource) else None
 
 
 def _check_model(settings: Config, spec: Optional[Spec]) -> None:

@@ -10,7 +10,7 @@ Either way each epoch's order is drawn from the seed and the epoch alone
 
 import logging
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -47,13 +47,18 @@ class Dataset:
         return self.x_train.paths if self.streamed else self.x_train
 
 
-def data_source(cfg: DataConfig):
+def data_loader(cfg: DataConfig) -> Callable:
+    """The callable `data._target_` names, checked against the keys the config passes it."""
+    load = resolve(cfg.target, "data._target_")
+    check_arguments(load, cfg.arguments, (), "data", cfg.target)
+    return load
+
+
+def data_source(cfg: DataConfig, load: Optional[Callable] = None):
     """What `data._target_` gives when called with its arguments: a DataSource (not yet read),
     or, from a user's function, the data itself."""
-    make = resolve(cfg.target, "data._target_")
-    check_arguments(make, cfg.arguments, (), "data", cfg.target)
     try:
-        return make(**cfg.arguments)
+        return (load or data_loader(cfg))(**cfg.arguments)
     except (DataError, OSError) as error:
         raise DataError(str(error).splitlines()[0]) from None
 

@@ -198,7 +198,7 @@ def _deploy_markdown(report: "Report") -> str:
     return f"## Deploy formats, each in its own runtime\n\n{markdown_table(header, rows)}\n\n"
 
 
-def _markdown(checks: list[Check], untrained: float, trained: float, atol: float) -> str:
+def _markdown(checks: list[Check], untrained: float, trained: float, atol: float, deploy: str = "") -> str:
     def cell(value, spec=""):
         return "-" if value is None else format(value, spec)
 
@@ -212,7 +212,7 @@ def _markdown(checks: list[Check], untrained: float, trained: float, atol: float
             + [cell(c.bytes, ","), cell(vs_raw, ".2f"), cell(c.save_seconds, ".2f"), cell(c.load_seconds, ".2f"), result]
         )
     summary = f"Untrained model accuracy: {untrained:.2%}. Trained model accuracy: {trained:.2%}. Tolerance: {atol:g}."
-    return f"{summary}\n\n{markdown_table(header, rows)}\n\n{EVALUATION_LINKS}"
+    return f"{summary}\n\n{markdown_table(header, rows)}\n\n{deploy}{EVALUATION_LINKS}"
 
 
 @dataclass
@@ -291,9 +291,9 @@ def _record(report: Report, paths: RunPaths, tracker: Tracker) -> None:
         "artifacts": [{**asdict(c), "ok": c.ok} for c in report.checks],
     }
     (paths.reports / "verify.json").write_text(json.dumps(payload, indent=2))
-    table = _markdown(report.checks, report.untrained_accuracy, report.trained_accuracy, report.atol)
     deploy = _deploy_markdown(report) if report.keras_latency_ms else ""
-    (paths.reports / "verify.md").write_text("# Reload-verify report\n\n" + table.replace(EVALUATION_LINKS, deploy + EVALUATION_LINKS))
+    table = _markdown(report.checks, report.untrained_accuracy, report.trained_accuracy, report.atol, deploy)
+    (paths.reports / "verify.md").write_text("# Reload-verify report\n\n" + table)
     tracker.log_folder(paths.reports)
 
     metrics = {"untrained_accuracy": report.untrained_accuracy, "trained_accuracy": report.trained_accuracy}
