@@ -1,6 +1,6 @@
 """The pipeline's cost against plain Keras doing the same work, measured in one run.
 
-    python benchmarks/run.py [--repeats 3] [--sections tutorial,throughput,formats,sweeps]
+    python benchmarks/run.py [--repeats 3] [--sections tutorial,throughput,formats,deploy,sweeps]
                              [--out outputs/benchmarks] [--mlflow] [--tiny]
 
 1. tutorial:   benchmarks/plain_keras.py against `python -m pipeline` on the tutorial's work,
@@ -9,7 +9,9 @@
                every epoch, MLflow logging) against plain `model.fit`; FLOP/s against a matmul peak.
 3. formats:    save and load seconds and bytes on disk per format, for the tutorial's model and
                one about 50x larger, against the raw bytes of the weights plus optimizer state.
-4. sweeps:     8 jobs through Hydra's basic launcher against the joblib launcher: jobs per minute.
+4. deploy:     reload-verify's deploy table for the same two models: each deploy format in its own
+               runtime (and the .onnx in Chromium) against Keras: size, fidelity, accuracy, latency.
+5. sweeps:     8 jobs through Hydra's basic launcher against the joblib launcher: jobs per minute.
 
 Plain Keras (A) and the pipeline (B) alternate, each is repeated, and the tables give
 medians and B/A ratios. They are printed as Markdown, written to OUT/results.md and, with
@@ -64,12 +66,13 @@ class Sizes:
     throughput_train: int = 60000
     throughput_test: int = 10000
     batch_sizes: tuple = (32, 256)
-    hidden_units: tuple = (512, 25600)  # the tutorial's MLP and one 50x its size
+    hidden_units: tuple = (512, 25600)  # the tutorial's MLP and one 50x its size (20 million parameters)
+    deploy_epochs: int = 5
     sweep_jobs: int = 8
 
     @classmethod
     def tiny(cls) -> "Sizes":
-        return cls(tutorial_examples=100, tutorial_epochs=2, throughput_train=512, throughput_test=128, batch_sizes=(32,), hidden_units=(16, 800), sweep_jobs=2)
+        return cls(tutorial_examples=100, tutorial_epochs=2, throughput_train=512, throughput_test=128, batch_sizes=(32,), hidden_units=(16, 800), deploy_epochs=1, sweep_jobs=2)
 
 
 def median(values: list[float]) -> float:
@@ -109,6 +112,17 @@ def machine() -> str:
     import tensorflow as tf
 
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow {tf.__version__}, {platform.system()} {platform.release()}"
+
+
+def settings(overrides: list[str], root: Path):
+    """The pipeline's validated config for `overrides`, its outputs and MLflow store under `root`."""
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.validation import validate
+
+    where = [f"paths.root={root}", f"paths.output_dir={root / 'job'}", f"tracking.uri=sqlite:///{root / 'mlflow.db'}", "tracking.run_name=benchmark"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return validate(compose("config", overrides=[*overrides, *where]))
 
 
 # --- 1. the tutorial's work -----------------------------------------------------------------------
@@ -189,7 +203,6 @@ def training_flops(model, n_train: int, n_test: int) -> float:
 
 def throughput(repeats: int, sizes: Sizes, scratch: Path) -> Table:
     import keras
-    from hydra import compose, initialize_config_dir
 
     from pipeline.context import RunContext
     from pipeline.models import ModelFactory
@@ -198,7 +211,6 @@ def throughput(repeats: int, sizes: Sizes, scratch: Path) -> Table:
     from pipeline.stages.fit import fit
     from pipeline.tracking.lifecycle import tracked_run
     from pipeline.tracking.store import connect
-    from pipeline.validation import validate
 
     table = Table(
         f"2. Training throughput: one epoch of {sizes.throughput_train} MNIST examples (validation on {sizes.throughput_test})",
@@ -210,10 +222,8 @@ def throughput(repeats: int, sizes: Sizes, scratch: Path) -> Table:
         overrides = [
             f"data.train_size={sizes.throughput_train}", f"data.test_size={sizes.throughput_test}", "training.epochs=1",
             f"training.batch_size={batch_size}", "training.verbose=0", "checkpoint=every_epoch",
-            f"paths.root={root}", f"paths.output_dir={root / 'job'}", f"tracking.uri=sqlite:///{root / 'mlflow.db'}", "tracking.run_name=throughput",
         ]  # fmt: skip
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return validate(compose("config", overrides=overrides))
+        return settings(overrides, root)
 
     data = load_data(settings_for(32, scratch).data)
     for batch_size in sizes.batch_sizes:
@@ -320,7 +330,60 @@ def formats(repeats: int, sizes: Sizes, scratch: Path) -> Table:
     return table
 
 
-# --- 4. sweeps ------------------------------------------------------------------------------------
+# --- 4. deploy formats ----------------------------------------------------------------------------
+
+
+def deploy(repeats: int, sizes: Sizes, scratch: Path) -> Table:
+    """Reload-verify's deploy table for the tutorial's model and one about 50x larger: each deploy
+    format in its own runtime (and the .onnx in Chromium, where one is installed) against Keras."""
+    import dataclasses
+
+    import keras
+
+    from pipeline import browser
+    from pipeline.config import ModelConfig
+    from pipeline.files import disk_bytes
+    from pipeline.formats import FORMATS, LoadContext
+    from pipeline.formats.base import raw_state_bytes
+    from pipeline.models import ModelFactory
+    from pipeline.stages.data import load_data
+    from pipeline.stages.reload_verify import deploy_table, verify_saved
+    from pipeline.stages.save import SavedArtifact
+
+    n, epochs = sizes.tutorial_examples, sizes.deploy_epochs
+    config = settings([f"data.train_size={n}", f"data.test_size={n}"], scratch)
+    data = load_data(config.data)
+    in_browser = not browser.problems(config.verify.chromium, config.verify.browser_cache)
+    verify = dataclasses.replace(config.verify, browser=in_browser)
+    table = Table(f"4. Deploy formats, each in its own runtime: the MLP trained on {n} MNIST examples for {epochs} epochs", [])
+    for hidden_units in sizes.hidden_units:
+        fresh = ModelFactory(ModelConfig("pipeline.architectures.mlp", {"hidden_units": hidden_units}), config.training, data.input_shape, data.num_classes)
+        keras.utils.set_random_seed(config.seed)
+        model = fresh()
+        model.fit(data.x_train, data.y_train, batch_size=config.training.batch_size, epochs=epochs, verbose=0)
+        folder, saved = scratch / f"deploy-{hidden_units}", []
+        for fmt in (fmt for fmt in FORMATS.values() if fmt.deployed):
+            path = folder / fmt.name / f"model{fmt.suffix}"
+            path.parent.mkdir(parents=True)
+            start = time.perf_counter()
+            fmt.save(model, path)
+            saved.append(SavedArtifact(fmt, path, disk_bytes(path), time.perf_counter() - start, raw_state_bytes(model, False)))
+        report = verify_saved(model, data, saved, LoadContext(fresh_model=fresh), verify, folder)
+        header, rows = deploy_table(report)
+        table.header = ["model", "parameters", *header]
+        table.rows += [[f"mlp {hidden_units}", model.count_params(), *row] for row in rows]
+        for check in report.checks:
+            key = f"deploy/mlp{hidden_units}/{check.artifact}"
+            measured = {"max_abs_diff": check.max_abs_diff, "latency_ms_batch1": check.latency_ms_batch1, "latency_ms_batch256": check.latency_ms_batch256}
+            table.metrics.update({f"{key}/{name}": value for name, value in measured.items() if value is not None})
+    table.notes.append(
+        "Milliseconds per example: the median of 30 calls at batch 1 and of 5 at batch 256, after a warm-up call; in the browser, the mean "
+        "of those calls timed inside the page. Each runtime on the CPU, as reload-verify runs it." + ("" if in_browser else " No Chromium here: the browser row is left out.")
+    )
+    return table
+
+
+# --- 5. sweeps ------------------------------------------------------------------------------------
 
 
 def sweeps(repeats: int, sizes: Sizes, scratch: Path) -> Table:
@@ -338,7 +401,7 @@ def sweeps(repeats: int, sizes: Sizes, scratch: Path) -> Table:
     repeats = min(repeats, 2)  # a minute a sweep: two of each keeps the whole script within ten minutes
     basics, joblibs = alternate(repeats, launcher([]), launcher(["hydra/launcher=joblib"]))
     a, b = median([r["seconds"] for r in basics]), median([r["seconds"] for r in joblibs])
-    table = Table(f"4. Sweeps: {jobs} jobs (digits, 2 epochs)", ["launcher", "seconds", "jobs per minute", "vs basic"])
+    table = Table(f"5. Sweeps: {jobs} jobs (digits, 2 epochs)", ["launcher", "seconds", "jobs per minute", "vs basic"])
     table.rows.append(["basic (one process, in turn)", a, jobs * 60 / a, 1.0])
     table.rows.append([f"joblib ({os.cpu_count()} worker processes)", b, jobs * 60 / b, a / b])
     table.metrics.update({"sweeps/basic_jobs_per_minute": jobs * 60 / a, "sweeps/joblib_jobs_per_minute": jobs * 60 / b})
@@ -346,7 +409,7 @@ def sweeps(repeats: int, sizes: Sizes, scratch: Path) -> Table:
     return table
 
 
-SECTION_RUNNERS: dict[str, Callable[[int, Sizes, Path], Table]] = {"tutorial": tutorial, "throughput": throughput, "formats": formats, "sweeps": sweeps}
+SECTION_RUNNERS: dict[str, Callable[[int, Sizes, Path], Table]] = {"tutorial": tutorial, "throughput": throughput, "formats": formats, "deploy": deploy, "sweeps": sweeps}
 
 
 def log_to_mlflow(tables: list[Table], results: Path, tracking_uri: str, params: dict) -> str:

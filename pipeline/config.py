@@ -209,6 +209,9 @@ class VerifyConfig:
     max_accuracy_drop: float = 0.01  # a quantized model's logits legitimately differ: it may lose this much accuracy, no more
     tolerance: Dict[str, float] = field(default_factory=dict)  # per format, e.g. {litert: 1e-4}: its own atol
     trust: bool = False  # load with Keras's safe_mode off: only for files you trust to run code
+    browser: bool = False  # also run the .onnx export in headless Chromium through onnxruntime-web (needs save=[...,onnx])
+    chromium: Optional[str] = None  # the Chromium to drive; None: one on PATH, else Playwright's own
+    browser_cache: str = "~/.cache/keras-save-pipeline"  # where onnxruntime-web is installed from the npm registry
 
     def check(self) -> None:
         require(self.atol >= 0, f"verify.atol must be >= 0 (got {self.atol})")

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from pipeline.errors import describe
+
 VERBOSE_ENV = "PIPELINE_VERBOSE"
 
 # What TensorFlow's C++ core prints on import on a machine without a GPU: nothing to act on.
@@ -111,6 +113,50 @@ def without(logger_name: str, *fragments: str) -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(dropping)
+
+
+class _Collecting(logging.Handler):
+    """Takes a logger's records at its level and above; passes the rest on to the root's handlers."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.threshold, self.lines = level, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < self.threshold:
+            for handler in logging.getLogger().handlers:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+            return
+        cause = f": {describe(record.exc_info[1])}" if record.exc_info and record.exc_info[1] else ""
+        self.lines.append(record.getMessage().splitlines()[0] + cause)
+
+
+@contextmanager
+def collected(logger_name: str, level: int = logging.ERROR) -> Iterator[list[str]]:
+    """For the block, take the records of one logger (and its children) at `level` and above off the
+    console and hand them to the caller, each as one line with its exception's: for a library that
+    logs a failure and goes on, where the caller makes it one error of its own."""
+    logger, collecting = logging.getLogger(logger_name), _Collecting(level)
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(collecting)
+    try:
+        yield collecting.lines
+    finally:
+        logger.removeHandler(collecting)
+        logger.propagate = propagate
+
+
+@contextmanager
+def root_logger_kept() -> Iterator[None]:
+    """For a library that reconfigures the root logger and may not put it back."""
+    root = logging.getLogger()
+    level, filters, handlers = root.level, list(root.filters), list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.filters, root.handlers = filters, handlers
 
 
 def set_job_prefix(prefix: str) -> None:

@@ -23,6 +23,10 @@ class ArtifactError(PipelineError):
     """A saved model or checkpoint that cannot be written or read back."""
 
 
+class ExportError(ArtifactError):
+    """A model that a deploy format's converter cannot convert: that format fails, the others go on."""
+
+
 class VerificationError(PipelineError):
     """A saved artifact that does not reproduce the trained model."""
 

@@ -13,6 +13,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from pipeline import browser
 from pipeline.config import CheckpointPolicy, Config, DataConfig, ModelConfig, Quantize, require
 from pipeline.console import import_tensorflow
 from pipeline.datasets import DataSource, Spec
@@ -51,7 +52,12 @@ def validate(cfg: DictConfig) -> Config:
 def _check_formats(settings: Config) -> None:
     require(bool(settings.save), f"save must name at least one format: {', '.join(FORMATS)}")
     for name in settings.verify.tolerance:
-        require_choice("verify.tolerance", name, FORMATS)
+        require_choice("verify.tolerance", name, [*FORMATS, browser.CHECK])
+    if settings.verify.browser:
+        verify = settings.verify
+        require("onnx" in settings.save, f"verify.browser=true runs the onnx export in the browser: add it, e.g. save=[{','.join([*settings.save, 'onnx'])}]")
+        problems = browser.problems(verify.chromium, verify.browser_cache)
+        require(not problems, f"verify.browser=true: {'; '.join(problems)}")
     hdf5 = [name for name, fmt in FORMATS.items() if fmt.hdf5]
     for name, options in settings.save.items():
         require_choice("save", name, FORMATS)

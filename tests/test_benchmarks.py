@@ -60,12 +60,18 @@ def test_tiny_run_writes_every_table_and_logs_it_to_mlflow(tmp_path):
     assert [(r[0], r[2]) for r in formats] == [(m, f) for m in ("mlp 16", "mlp 800") for f in ("keras", "h5", "savedmodel", "weights", "tf_checkpoint", "onnx", "litert", "openvino")]
     for row in formats:
         assert number(row[7]) == pytest.approx(number(row[5]) / number(row[6]), rel=0.02)
-    basic, joblib = rows(text, "4. Sweeps")
+    deploy = rows(text, "4. Deploy formats, each in its own runtime")
+    runtimes = ["keras (trained model)", "onnx", "litert", "openvino"] + (["onnx_browser"] if "browser row is left out" not in text else [])
+    assert [(r[0], r[2]) for r in deploy] == [(m, f) for m in ("mlp 16", "mlp 800") for f in runtimes]
+    for row in deploy:  # each runtime reproduced the Keras model: the same accuracy, logits within the tolerance
+        assert row[7] == next(r[7] for r in deploy if r[0] == row[0] and r[2].startswith("keras"))
+        assert number(row[5]) <= 1e-5 and number(row[8]) > 0 and number(row[9]) > 0 and row[10] in ("reference", "OK")
+    basic, joblib = rows(text, "5. Sweeps")
     assert number(basic[2]) == pytest.approx(2 * 60 / number(basic[1]), rel=0.02)
     assert number(joblib[3]) == pytest.approx(number(basic[1]) / number(joblib[1]), rel=0.02)
-    assert "### 4. Sweeps" in result.stdout  # the tables are printed as well as written
+    assert "### 5. Sweeps" in result.stdout  # the tables are printed as well as written
 
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("benchmarks").experiment_id])
-    assert {"tutorial/work_seconds_ratio", "tutorial/whole_ratio", "throughput/batch32_ratio", "sweeps/joblib_jobs_per_minute"} <= set(run.data.metrics)
+    assert {"tutorial/work_seconds_ratio", "tutorial/whole_ratio", "throughput/batch32_ratio", "deploy/mlp800/litert/latency_ms_batch1", "sweeps/joblib_jobs_per_minute"} <= set(run.data.metrics)
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["results.md"]

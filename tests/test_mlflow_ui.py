@@ -2,19 +2,17 @@
 artifacts, and the experiment's Models view lists the run's checkpoints with their metrics."""
 
 import os
-import shutil
 
 import pytest
 
 from conftest import PROJECT, only_run, start_mlflow_server, stop
+from pipeline.browser import CHROMIUM_ARGS, chromium
 from pipeline.task import run
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = chromium(None) or "/usr/bin/chromium"
 SCREENSHOTS = PROJECT / "outputs" / "test-artifacts"  # kept after the test, git-ignored
-# As root in a closed network: no sandbox, no GPU, and none of Chromium's calls home.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture

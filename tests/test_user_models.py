@@ -19,7 +19,8 @@ MODELS = {
     "subclassed": ["model=custom", "model._target_=my_models.models:subclassed", "+model.width=32", "imports=[my_models.layers]"],
     "functional": ["model=custom", "model._target_=my_models.models.functional"],
 }
-FORMATS = {"subclassed": ["keras", "savedmodel", "weights", "tf_checkpoint"], "functional": ["keras", "h5", "savedmodel", "weights", "tf_checkpoint"]}
+# A subclassed model also goes through the deploy formats, each run in its own runtime (functional ones do in test_formats.py).
+FORMATS = {"subclassed": ["keras", "savedmodel", "weights", "tf_checkpoint", "onnx", "litert", "openvino"], "functional": ["keras", "h5", "savedmodel", "weights", "tf_checkpoint"]}
 STRIPES = ["data=custom", "data._target_=my_models.data.stripes", "+data.train_size=200", "+data.test_size=60"]
 
 

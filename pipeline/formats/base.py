@@ -34,6 +34,9 @@ class Restored:
     predict: Callable[[np.ndarray], np.ndarray]
     optimizer: Optional[Any]  # the restored optimizer, where the format carries one
     handle: Any  # the loaded object; kept so TensorFlow does not free what `predict` calls
+    # (batch, calls) -> seconds a call, timed inside the runtime: for one that `predict` reaches
+    # across a process boundary (the browser), whose crossing is not the runtime's cost
+    seconds_per_call: Optional[Callable[[np.ndarray, int], float]] = None
 
 
 def predict_logits(model, x: np.ndarray) -> np.ndarray:
@@ -88,6 +91,7 @@ class SaveFormat:
     holds: tuple = ("sequential", "functional", "subclassed")  # the model kinds (pipeline.models.model_kind) it can save
     deployed: bool = False  # exported for inference, run in a runtime of its own (pipeline.formats.exported)
     described_without_tensorflow: bool = False  # `describe` reads the files with zipfile, json and h5py alone
+    tolerance_floor: float = 0.0  # reload-verify holds its logits to max(verify.atol, this), unless verify.tolerance.<name> is set
 
     @property
     def looks_like(self) -> str:

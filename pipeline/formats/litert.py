@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.console import filtered_stderr
-from pipeline.formats.base import LoadContext, Restored
+from pipeline.formats.base import Restored
 from pipeline.formats.exported import ExportedFormat, tensor
 
 
@@ -30,6 +30,7 @@ class LiteRTFormat(ExportedFormat):
     export_format = "litert"
     runtime = "LiteRT interpreter (ai_edge_litert)"
     requires = {"ai_edge_litert": "ai-edge-litert"}
+    reasons = (r"'[^']+' op is neither a custom op nor a flex op", r"Select TensorFlow op\(s\).*?Flex delegate before inference\.")
 
     def __init__(self, quantize: str = ""):
         self.quantized = quantize  # "", "dynamic" or "float16"
@@ -47,7 +48,7 @@ class LiteRTFormat(ExportedFormat):
         options = {"optimizations": [tf.lite.Optimize.DEFAULT]}
         return {**options, "target_spec": {"supported_types": [tf.float16]}} if self.quantized == "float16" else options
 
-    def load(self, path: Path, ctx: LoadContext) -> Restored:
+    def open(self, path: Path) -> Restored:
         interpreter = _interpreter(path)
         (source,), (result,) = interpreter.get_input_details(), interpreter.get_output_details()
 

@@ -1,10 +1,13 @@
 """ONNX via `model.export(format="onnx")` (tf2onnx), run by onnxruntime: the way to most
 serving stacks and, through onnxruntime-web, to the browser."""
 
+import re
 from collections import Counter
 from pathlib import Path
 
-from pipeline.formats.base import LoadContext, Restored
+from pipeline.console import collected
+from pipeline.errors import ExportError
+from pipeline.formats.base import Restored
 from pipeline.formats.exported import ExportedFormat, tensor
 
 
@@ -15,8 +18,16 @@ class OnnxFormat(ExportedFormat):
     export_format = "onnx"
     runtime = "onnxruntime (CPU)"
     requires = {"tf2onnx": "tf2onnx", "onnxruntime": "onnxruntime", "onnx": "onnx"}
+    reasons = (r"No Op registered for \S+ with domain_version of \d+", r"Unsupported ops: [^\n]+")
 
-    def load(self, path: Path, ctx: LoadContext) -> Restored:
+    def save(self, model, path: Path) -> None:
+        """tf2onnx logs the ops it cannot convert and writes a graph no runtime loads: that is a failed export."""
+        with collected("tf2onnx") as errors:
+            super().save(model, path)
+        if errors:  # e.g. "Failed to convert node 'model/layer/Cumprod' (fct=<bound method ...>): ValueError: ..."
+            raise ExportError(f"model.export(format='onnx') cannot convert the model: tf2onnx: {re.sub(r' [(]fct=.*?[)](?=:|$)', '', errors[-1])}")
+
+    def open(self, path: Path) -> Restored:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()

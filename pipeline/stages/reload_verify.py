@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import keras
 import numpy as np
 
+from pipeline.browser import CHECK, OnnxInBrowser
 from pipeline.checkpoints import CheckpointRecord
 from pipeline.config import VerifyConfig
 from pipeline.context import RunContext
@@ -118,9 +119,12 @@ def compare_optimizer(restored: Any, reference: Reference) -> tuple[str, Optiona
 LATENCY_BATCHES = {1: 30, 256: 5}  # examples a call: timed calls
 
 
-def latency_ms(predict: Callable[[np.ndarray], Any], x: np.ndarray, batch: int) -> float:
-    """Median milliseconds per example of `predict` on `batch` examples a call, after a warm-up call."""
+def latency_ms(predict: Callable[[np.ndarray], Any], x: np.ndarray, batch: int, seconds_per_call: Optional[Callable] = None) -> float:
+    """Median milliseconds per example of `predict` on `batch` examples a call, after a warm-up call;
+    or the mean, where the runtime times its own calls (`Restored.seconds_per_call`)."""
     sample = np.resize(x, (batch, *x.shape[1:]))  # the test set, repeated if it is smaller
+    if seconds_per_call is not None:
+        return 1000 * seconds_per_call(sample, LATENCY_BATCHES[batch]) / batch
     predict(sample)
     times = []
     for _ in range(LATENCY_BATCHES[batch]):
@@ -140,6 +144,7 @@ def verify_artifact(
         predictions = restored.predict(data.x_test)
     except Exception as error:  # a corrupt or incompatible file is a finding, not a crash
         check.problems.append(f"load failed: {error if isinstance(error, ArtifactError) else describe(error)}")
+        check.runtime = fmt.runtime if fmt.deployed else None  # the deploy table lists it, failed
         return check
     check.load_seconds = time.perf_counter() - start
     check.max_abs_diff = float(np.max(np.abs(predictions - reference.predictions)))
@@ -153,7 +158,9 @@ def verify_artifact(
         check.problems.append(f"predictions differ by {check.max_abs_diff:.3g} (> atol {atol:g})")
     if fmt.deployed:  # what it costs to run there, per example
         check.runtime = fmt.runtime
-        check.latency_ms_batch1, check.latency_ms_batch256 = (latency_ms(restored.predict, data.x_test, batch) for batch in LATENCY_BATCHES)
+        check.latency_ms_batch1, check.latency_ms_batch256 = (
+            latency_ms(restored.predict, data.x_test, batch, restored.seconds_per_call) for batch in LATENCY_BATCHES
+        )
     if expect_optimizer:
         check.optimizer, problem = compare_optimizer(restored.optimizer, reference)
         if problem:
@@ -182,20 +189,26 @@ def _checkpoint_reference(record: CheckpointRecord, fresh_model: Callable[[], ke
     )
 
 
-def _deploy_markdown(report: "Report") -> str:
+def deploy_table(report: "Report") -> tuple[list[str], list[list[str]]]:
     """Each deploy format in its own runtime next to the trained Keras model: size, fidelity, speed."""
-    def ms(value):
-        return "-" if value is None else f"{value:.3f}"
 
-    header = ["format", "runtime", "bytes", "max abs diff", "tolerance", "accuracy", "ms/example, batch 1", "ms/example, batch 256"]
+    def ms(value):
+        return "-" if value is None else f"{value:.3g}"
+
+    header = ["format", "runtime", "bytes", "max abs diff", "tolerance", "accuracy", "ms/example, batch 1", "ms/example, batch 256", "result"]
     keras_row = ["keras (trained model)", "TensorFlow (Keras predict_on_batch)", "-", "0", "-", f"{report.trained_accuracy:.2%}"]
-    rows = [keras_row + [ms(report.keras_latency_ms.get(1)), ms(report.keras_latency_ms.get(256))]]
+    rows = [keras_row + [ms(report.keras_latency_ms.get(1)), ms(report.keras_latency_ms.get(256)), "reference"]]
     for c in (c for c in report.checks if c.runtime):
         diff = "-" if c.max_abs_diff is None else f"{c.max_abs_diff:.3g}"
         accuracy_cell = "-" if c.accuracy is None else f"{c.accuracy:.2%}"
-        tolerance = f"{c.quantized}: accuracy" if c.quantized else f"{c.atol:g}"
-        rows.append([c.artifact, c.runtime, f"{c.bytes:,}" if c.bytes else "-", diff, tolerance, accuracy_cell, ms(c.latency_ms_batch1), ms(c.latency_ms_batch256)])
-    return f"## Deploy formats, each in its own runtime\n\n{markdown_table(header, rows)}\n\n"
+        tolerance = f"{c.quantized}: accuracy" if c.quantized else "-" if c.atol is None else f"{c.atol:g}"
+        result = "OK" if c.ok else "FAILED: " + "; ".join(c.problems)
+        rows.append([c.artifact, c.runtime, f"{c.bytes:,}" if c.bytes else "-", diff, tolerance, accuracy_cell, ms(c.latency_ms_batch1), ms(c.latency_ms_batch256), result])
+    return header, rows
+
+
+def _deploy_markdown(report: "Report") -> str:
+    return f"## Deploy formats, each in its own runtime\n\n{markdown_table(*deploy_table(report))}\n\n"
 
 
 def _markdown(checks: list[Check], untrained: float, trained: float, atol: float, deploy: str = "") -> str:
@@ -244,26 +257,44 @@ def reload_verify(
     paths = ctx.paths
     with _expected_retracing():
         loading = LoadContext(fresh_model=fresh_model, safe_mode=not cfg.trust, declared=declared)
-        atol = cfg.atol
-        trained = _trained_reference(model, data)
-        untrained = accuracy(predict_logits(fresh_model(), data.x_test), data.y_test)  # first, so the save list does not change it
-        checks = []
-        for artifact in saved:
-            check = Check(artifact.format.name, artifact.format.name, str(artifact.path.relative_to(paths.root)), trained.description)
-            check.bytes, check.raw_bytes, check.save_seconds = artifact.bytes, artifact.raw_bytes, artifact.save_seconds
-            tolerance = cfg.tolerance.get(artifact.format.name, atol)
-            checks.append(verify_artifact(check, artifact.format, artifact.path, loading, trained, artifact.format.carries_optimizer, data, tolerance, cfg.max_accuracy_drop))
+        report = verify_saved(model, data, saved, loading, cfg, paths.root)
         if checkpoint is not None:
-            checks.append(_verify_checkpoint(checkpoint, fresh_model, loading, data, atol, paths))
-
-        report = Report(untrained, accuracy(trained.predictions, data.y_test), atol, checks)
-        if any(c.runtime for c in checks):  # the deploy table compares each runtime with Keras itself
-            report.keras_latency_ms = {batch: latency_ms(model.predict_on_batch, data.x_test, batch) for batch in LATENCY_BATCHES}
+            report.checks.append(_verify_checkpoint(checkpoint, fresh_model, loading, data, cfg.atol, paths))
         _record(report, paths, ctx.tracker)
         if report.failures:
             details = "; ".join(f"{c.artifact} ({c.path}): {', '.join(c.problems)}" for c in report.failures)
-            raise VerificationError(f"reload-verify failed for {len(report.failures)} of {len(checks)} artifacts: {details}. Report: {paths.reports / 'verify.md'}")
+            raise VerificationError(f"reload-verify failed for {len(report.failures)} of {len(report.checks)} artifacts: {details}. Report: {paths.reports / 'verify.md'}")
         return report
+
+
+def verify_saved(model: keras.Model, data: Dataset, saved: list[SavedArtifact], loading: LoadContext, cfg: VerifyConfig, root: Path) -> Report:
+    """Every saved artifact against the trained model, and with `cfg.browser` the `.onnx` in a
+    browser too; paths in the report are relative to `root`. It records nothing: `reload_verify`
+    does, and the benchmarks tabulate it."""
+    with _expected_retracing():
+        return _verify_saved(model, data, saved, loading, cfg, root)
+
+
+def _verify_saved(model: keras.Model, data: Dataset, saved: list[SavedArtifact], loading: LoadContext, cfg: VerifyConfig, root: Path) -> Report:
+    trained = _trained_reference(model, data)
+    untrained = accuracy(predict_logits(loading.fresh_model(), data.x_test), data.y_test)  # first, so the save list does not change it
+    checks = []
+    for artifact in saved:
+        check = Check(artifact.format.name, artifact.format.name, str(artifact.path.relative_to(root)), trained.description)
+        check.bytes, check.raw_bytes, check.save_seconds = artifact.bytes or None, artifact.raw_bytes, artifact.save_seconds
+        if artifact.error:  # the converter could not take the model: nothing to load
+            check.problems.append(artifact.error)
+            check.runtime = artifact.format.runtime  # only deploy formats fail this way; their table lists it, failed
+            checks.append(check)
+            continue
+        tolerance = _tolerance(cfg, artifact.format)
+        checks.append(verify_artifact(check, artifact.format, artifact.path, loading, trained, artifact.format.carries_optimizer, data, tolerance, cfg.max_accuracy_drop))
+    if cfg.browser:
+        checks.append(_verify_in_browser(next(a for a in saved if a.format.name == "onnx"), cfg, loading, trained, data, root))
+    report = Report(untrained, accuracy(trained.predictions, data.y_test), cfg.atol, checks)
+    if any(c.runtime for c in checks):  # the deploy table compares each runtime with Keras itself
+        report.keras_latency_ms = {batch: latency_ms(model.predict_on_batch, data.x_test, batch) for batch in LATENCY_BATCHES}
+    return report
 
 
 def _verify_checkpoint(record: CheckpointRecord, fresh_model, loading: LoadContext, data: Dataset, atol: float, paths: RunPaths) -> Check:
@@ -278,6 +309,21 @@ def _verify_checkpoint(record: CheckpointRecord, fresh_model, loading: LoadConte
         return check
     check.bytes = sum(disk_bytes(f) for f in record.format.files(latest))
     return verify_artifact(check, record.format, latest, loading, reference, record.carries_optimizer, data, atol)
+
+
+def _verify_in_browser(onnx: SavedArtifact, cfg: VerifyConfig, loading: LoadContext, trained: Reference, data: Dataset, root: Path) -> Check:
+    """The `.onnx` artifact again, run by onnxruntime-web in headless Chromium (validation made sure it was asked for)."""
+    check = Check(CHECK, onnx.format.name, str(onnx.path.relative_to(root)), trained.description, bytes=onnx.bytes or None)
+    if onnx.error:
+        check.problems.append("not run: the onnx export failed")
+        return check
+    with OnnxInBrowser(cfg.chromium, cfg.browser_cache) as in_browser:
+        return verify_artifact(check, in_browser, onnx.path, loading, trained, False, data, _tolerance(cfg, in_browser))
+
+
+def _tolerance(cfg: VerifyConfig, fmt: SaveFormat) -> float:
+    """What a format's logits are held to: its own setting, else verify.atol, or its runtime's floor if that is larger."""
+    return cfg.tolerance.get(fmt.name, max(cfg.atol, fmt.tolerance_floor))
 
 
 def _record(report: Report, paths: RunPaths, tracker: Tracker) -> None:
@@ -306,14 +352,17 @@ def _record(report: Report, paths: RunPaths, tracker: Tracker) -> None:
     metrics.update({f"trained/latency_ms_batch{batch}": value for batch, value in report.keras_latency_ms.items()})
     tracker.log_metrics(metrics)
     for c in report.checks:
+        if c.max_abs_diff is None:  # nothing came back to compare: say why
+            log.info("verify  | %-13s FAILED: %s", c.artifact, "; ".join(c.problems))
+            continue
         quantized = f", {c.quantized}-quantized" if c.quantized else ""
         where = f"run in {c.runtime}{quantized}, {c.latency_ms_batch256:.3f} ms/example at batch 256" if c.runtime and c.latency_ms_batch256 else f"optimizer {c.optimizer}"
         log.info(
-            "verify  | %-13s %s: max abs diff %s, accuracy %s (untrained %.1f%%), %s",
+            "verify  | %-13s %s: max abs diff %.3g, accuracy %.1f%% (untrained %.1f%%), %s",
             c.artifact,
             "OK" if c.ok else "FAILED",
-            "-" if c.max_abs_diff is None else f"{c.max_abs_diff:.3g}",
-            "-" if c.accuracy is None else f"{c.accuracy:.1%}",
+            c.max_abs_diff,
+            100 * c.accuracy,
             100 * report.untrained_accuracy,
             where,
         )

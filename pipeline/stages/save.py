@@ -11,6 +11,7 @@ import keras
 
 from pipeline.config import SaveOptions
 from pipeline.context import RunContext
+from pipeline.errors import ExportError
 from pipeline.files import atomic_path, disk_bytes
 from pipeline.formats import FORMATS, SaveFormat
 from pipeline.formats.base import raw_state_bytes
@@ -27,21 +28,28 @@ class SavedArtifact:
     bytes: int
     save_seconds: float
     raw_bytes: int  # the arrays the format stores, uncompressed: weights, plus optimizer state if carried
+    error: str = ""  # why a deploy format's converter could not take the model; nothing was written
 
 
 def save(model: keras.Model, formats: dict[str, SaveOptions], ctx: RunContext) -> list[SavedArtifact]:
-    """Save in config order; each artifact appears under its final name only once complete."""
+    """Save in config order; each artifact appears under its final name only once complete.
+    A model a deploy format cannot convert fails that format alone (in reload-verify); the rest are saved."""
     paths, tracker = ctx.paths, ctx.tracker
     saved = []
     for name, options in formats.items():
         fmt = FORMATS[name].with_options(options)
         target = paths.saved(name) / (options.filename + fmt.suffix)
         start = time.perf_counter()
-        with atomic_path(target) as temporary:
-            fmt.save(model, temporary)
-            if options.rewrites_hdf5:
-                compression = options.compression.value if options.compression else None
-                rewrite_hdf5(temporary, compression, options.compression_level, options.shuffle, options.chunk_kib)
+        try:
+            with atomic_path(target) as temporary:
+                fmt.save(model, temporary)
+                if options.rewrites_hdf5:
+                    compression = options.compression.value if options.compression else None
+                    rewrite_hdf5(temporary, compression, options.compression_level, options.shuffle, options.chunk_kib)
+        except ExportError as error:
+            log.info("save    | %-13s FAILED: %s", name, error)
+            saved.append(SavedArtifact(fmt, target, 0, time.perf_counter() - start, raw_state_bytes(model, fmt.carries_optimizer), error=str(error)))
+            continue
         artifact = SavedArtifact(fmt, target, disk_bytes(target), time.perf_counter() - start, raw_state_bytes(model, fmt.carries_optimizer))
         tracker.log_folder(paths.saved(name))
         tracker.log_files(write_inspection(target, paths.inspection(name)))
