@@ -49,17 +49,18 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         directory: the folder for this run's checkpoints.
         on_write: called right after each checkpoint is written, with its record, the training
             logs it was written at, and the checkpoints the writer deleted to keep `max_to_keep`.
-        first_epoch: the epoch training starts from; a resumed run does not write epoch 0 again.
+        first_epoch: the epoch training starts from.
+        resumed: whether this continues an interrupted run, which wrote epoch 0 already.
     """
 
-    def __init__(self, cfg: CheckpointConfig, directory: Path, on_write: Callable[[CheckpointRecord, dict, list[Path]], None], first_epoch: int = 0):
+    def __init__(self, cfg: CheckpointConfig, directory: Path, on_write: Callable[[CheckpointRecord, dict, list[Path]], None], first_epoch: int = 0, resumed: bool = False):
         super().__init__()
         self.cfg = cfg
         self.directory = directory
         self.on_write = on_write
         self.format = checkpoint_format(cfg)
         self.by_batch = cfg.policy is CheckpointPolicy.every_n_batches
-        self.first_epoch = first_epoch
+        self.resumed = resumed
         self.latest: Optional[CheckpointRecord] = None
         self._epoch = first_epoch
         self._best: Optional[float] = None
@@ -69,7 +70,7 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         prefix, width = ("cp-step", 6) if self.by_batch else ("cp", 4)
         self._writer = self.format.checkpoints(self.model, self.directory, prefix, width, with_optimizer=not self.cfg.weights_only, max_to_keep=self.cfg.max_to_keep)
-        if self.cfg.save_initial and self.first_epoch == 0:
+        if self.cfg.save_initial and not self.resumed:
             self._write(epoch=0, logs={})
 
     def on_train_batch_end(self, batch, logs=None):

@@ -167,10 +167,27 @@ class LRScheduleConfig:
 
 
 @dataclass
+class ReduceLRConfig:
+    """Multiply the learning rate by `factor` when `monitor` has not improved for `patience` epochs."""
+
+    monitor: str = "val_loss"
+    factor: float = 0.5
+    patience: int = 2
+    min_delta: float = 1e-4
+    cooldown: int = 0
+    min_lr: float = 0.0
+
+    def check(self) -> None:
+        require(0.0 < self.factor < 1.0, f"callbacks.reduce_lr.factor must be in (0, 1) (got {self.factor})")
+        require(self.patience >= 0 and self.cooldown >= 0, f"callbacks.reduce_lr.patience and cooldown must be >= 0 (got {self.patience}, {self.cooldown})")
+
+
+@dataclass
 class CallbacksConfig:
     early_stopping: Optional[EarlyStoppingConfig] = None
     tensorboard: Optional[TensorBoardConfig] = None
     lr_schedule: Optional[LRScheduleConfig] = None
+    reduce_lr: Optional[ReduceLRConfig] = None
 
 
 @dataclass
@@ -258,6 +275,16 @@ class PathsConfig:
     output_dir: Optional[str] = None  # this job's folder; Hydra's run dir when started from the CLI
 
 
+class Rerun(Enum):
+    unfinished = "unfinished"  # the same -m command again continues its stopped sweep: finished jobs are not trained again
+    all = "all"  # a fresh sweep: every job trains, under a new parent run
+
+
+@dataclass
+class SweepConfig:
+    rerun: Rerun = Rerun.unfinished
+
+
 @dataclass
 class Config:
     # While composing, `data` and `model` are open mappings, since their keys are the arguments
@@ -273,11 +300,13 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 42
     deterministic: bool = True  # TensorFlow op determinism: same config, same weights
     # "auto": continue an interrupted run of the same config; a run id or output folder:
     # continue that run; null: always start a new run.
     resume: Optional[str] = "auto"
+    resume_every_seconds: Optional[float] = None  # also keep the training state this often, for preemptions that give no signal
 
     def check(self) -> None:
         for name, options in self.save.items():
@@ -290,7 +319,8 @@ class Config:
                 self.checkpoint.format is CheckpointFormat.keras,
                 "registry.model=best needs Keras checkpoints (checkpoint.format=keras): TF checkpoints are not MLflow models; use registry.model=final",
             )
-        for callback in (self.callbacks.early_stopping, self.callbacks.lr_schedule):
+        require(self.resume_every_seconds is None or self.resume_every_seconds > 0, f"resume_every_seconds must be positive, or null for none (got {self.resume_every_seconds})")
+        for callback in (self.callbacks.early_stopping, self.callbacks.lr_schedule, self.callbacks.reduce_lr):
             if callback is not None:
                 callback.check()
 

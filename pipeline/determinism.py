@@ -22,8 +22,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % 2**31
 
 
-def training_dataset(x, y: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int):
-    """All remaining epochs as one tf.data stream, each epoch shuffled by its own seed.
+def training_dataset(x, y: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int, first_batch: int = 0):
+    """All remaining epochs as one tf.data stream, each epoch shuffled by its own seed;
+    `first_batch` batches of the first epoch are left out (they were trained before a resume).
 
     Keras's own shuffling draws from one generator for the whole fit, so a resumed
     run would see different batches; here epoch e's order depends only on (seed, e).
@@ -44,21 +45,25 @@ def training_dataset(x, y: np.ndarray, batch_size: int, seed: int, first_epoch: 
             examples = examples.map(lambda path, label: (decode(path), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return examples.batch(batch_size)
 
-    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+    remaining = one_epoch(tf.constant(first_epoch, tf.int64)).skip(first_batch)
+    later = tf.data.Dataset.range(first_epoch + 1, epochs).flat_map(one_epoch)
+    return remaining.concatenate(later).prefetch(tf.data.AUTOTUNE)
+
+
+def seed_states(model: keras.Model) -> list:
+    """The model's seed generators (dropout's): their state is not in Keras's weight files."""
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
 
 
 class EpochSeeds(keras.callbacks.Callback):
-    """Reset every dropout seed generator to (seed, epoch) as each epoch begins.
-
-    Their state is not in Keras's weight files, so without this a resumed run
-    would draw different dropout masks.
-    """
+    """Reset every dropout seed generator to (seed, epoch) as each epoch begins, so a run
+    resumed at an epoch's start draws the masks it would have (mid-epoch, `pipeline.resume`
+    sets the generators to where they were)."""
 
     def __init__(self, seed: int):
         super().__init__()
         self.seed = seed
 
     def on_epoch_begin(self, epoch, logs=None):
-        for variable in self.model.non_trainable_variables:
-            if variable.path.endswith("seed_generator_state"):
-                variable.assign(np.array([epoch_seed(self.seed, epoch), 0], dtype=variable.dtype))
+        for variable in seed_states(self.model):
+            variable.assign(np.array([epoch_seed(self.seed, epoch), 0], dtype=variable.dtype))

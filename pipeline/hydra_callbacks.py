@@ -11,6 +11,8 @@ MLFLOW_RUN_ID: MLflow would take that as the run to log into, not as a parent.)
 """
 
 import atexit
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -26,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config import TrackingConfig
 from pipeline.errors import PipelineError, report
 from pipeline.files import unwritable
+from pipeline.owner import owner_tags, process_alive
 from pipeline.validation import validate
 
 log = logging.getLogger(__name__)
@@ -75,23 +78,44 @@ class MlflowSweepCallback(Callback):
         from mlflow.tracking.context.registry import resolve_tags
 
         from pipeline.sweep_report import swept_keys
+        from pipeline.tracking.lifecycle import reopen
         from pipeline.tracking.store import connect
 
         tracking = TrackingConfig(uri=config.tracking.uri, experiment=config.tracking.experiment)
         self.client, experiment_id = connect(tracking, config.paths.root)
         overrides = " ".join(config.hydra.overrides.task)
-        parent = self.client.create_run(experiment_id, run_name=f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=resolve_tags({"sweep": "parent"}))
-        self.parent_id = parent.info.run_id
+        space = OmegaConf.to_yaml(config.hydra.sweeper.params) if "params" in config.hydra.sweeper and config.hydra.sweeper.params else None
+        digest = hashlib.sha256(json.dumps([sorted(config.hydra.overrides.task), space]).encode()).hexdigest()
+        rerun = OmegaConf.to_container(config.sweep, enum_to_str=True)["rerun"]
+        stopped = None if rerun == "all" else self._stopped_sweep(experiment_id, digest)
+        if stopped:
+            self.parent_id = stopped.info.run_id
+            reopen(self.client, self.parent_id)
+            for key, value in owner_tags().items():  # this process owns it now
+                self.client.set_tag(self.parent_id, key, value)
+        else:
+            tags = resolve_tags({"sweep": "parent", "sweep.digest": digest, **owner_tags()})
+            self.parent_id = self.client.create_run(experiment_id, run_name=f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags).info.run_id
+            self.client.log_param(self.parent_id, "sweep.overrides", overrides or "(none)")
+            self.client.log_param(self.parent_id, "sweep.sweeper", config.hydra.sweeper._target_)
+            self.client.log_param(self.parent_id, "sweep.launcher", config.hydra.launcher._target_)
+            if space:
+                self.client.log_param(self.parent_id, "sweep.search_space", space)
         self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
-        self.client.log_param(self.parent_id, "sweep.overrides", overrides or "(none)")
-        self.client.log_param(self.parent_id, "sweep.sweeper", config.hydra.sweeper._target_)
-        self.client.log_param(self.parent_id, "sweep.launcher", config.hydra.launcher._target_)
-        if "params" in config.hydra.sweeper and config.hydra.sweeper.params:
-            self.client.log_param(self.parent_id, "sweep.search_space", OmegaConf.to_yaml(config.hydra.sweeper.params))
         self.swept = swept_keys(config)
         os.environ[PARENT_ENV] = self.parent_id
         atexit.register(self.finish)  # a failed job makes Hydra's sweeper raise before on_multirun_end
-        log.info("sweep   | parent run %s; job runs are nested under it", self.parent_id)
+        if stopped:
+            log.info("sweep   | continuing the stopped sweep %s: finished jobs are not trained again, stopped ones resume (sweep.rerun=all starts afresh)", self.parent_id)
+        else:
+            log.info("sweep   | parent run %s; job runs are nested under it", self.parent_id)
+
+    def _stopped_sweep(self, experiment_id: str, digest: str):
+        """The newest unfinished parent run of the same sweep whose process is gone, if any."""
+        runs = self.client.search_runs(
+            [experiment_id], f"tags.sweep = 'parent' and tags.`sweep.digest` = '{digest}' and attributes.status != 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=10
+        )
+        return next((run for run in runs if not process_alive(run.data.tags)), None)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Name the job's run from the overrides the sweep varies, e.g. `model=cnn,save=[h5]`.
@@ -114,11 +138,16 @@ class MlflowSweepCallback(Callback):
         from pipeline.tracking.store import connect
 
         client, experiment_id = connect(TrackingConfig(uri=config.tracking.uri, experiment=config.tracking.experiment), config.paths.root)
-        folder = str(Path(config.hydra.runtime.output_dir).resolve())
-        if client.search_runs([experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' AND tags.output_dir = '{folder}'"):
+        folder, name = str(Path(config.hydra.runtime.output_dir).resolve()), os.environ.get(RUN_NAME_ENV) or None
+        siblings = client.search_runs([experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'")
+        if any(run.data.tags.get("output_dir") == folder for run in siblings):
             return  # the run started, and its own error handling marked it
-        tags = {MLFLOW_PARENT_RUN_ID: parent_id, "error": f"{type(error).__name__}: {error}"[:5000], "output_dir": folder}
-        run = client.create_run(experiment_id, run_name=os.environ.get(RUN_NAME_ENV) or None, tags=tags)
+        message = f"{type(error).__name__}: {error}"[:5000]
+        earlier = next((run for run in siblings if name and run.info.run_name == name and run.info.status == "FAILED"), None)
+        if earlier:  # a continued sweep refused it again: still one run for the job
+            client.set_tag(earlier.info.run_id, "error", message)
+            return
+        run = client.create_run(experiment_id, run_name=name, tags={MLFLOW_PARENT_RUN_ID: parent_id, "error": message, "output_dir": folder})
         client.set_terminated(run.info.run_id, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -139,7 +168,7 @@ class MlflowSweepCallback(Callback):
         children = child_runs(self.client, parent_id)
         unfinished = [c.info.run_name for c in children if c.info.status != "FINISHED"]
         rows = report_rows(children)
-        self.client.log_param(parent_id, "sweep.jobs", len(children))
+        self.client.set_tag(parent_id, "sweep.jobs", len(children))  # a tag: a continued sweep counts again
         self.client.log_metric(parent_id, "sweep/jobs", len(children))
         self.client.log_metric(parent_id, "sweep/failed_jobs", len(unfinished))
         if rows:

@@ -17,22 +17,7 @@ from typing import Callable, Optional
 
 from pipeline.console import import_tensorflow, plain_console, quiet_libraries
 from pipeline.errors import ArtifactError, PipelineError, report, unreadable
-from pipeline.files import disk_bytes
-from pipeline.formats import FORMATS, LoadContext, detect, load
-
-
-def inspect_artifact(path: Path) -> dict:
-    """What `path` holds, as JSON-able data; any unreadable file becomes one ArtifactError."""
-    fmt = detect(path)
-    if not fmt.described_without_tensorflow:
-        import_tensorflow()
-    try:
-        details = fmt.describe(path)
-    except ArtifactError:
-        raise
-    except Exception as error:  # h5py, zipfile, protobuf and TensorFlow each fail in their own way
-        raise ArtifactError(unreadable(path, f"{fmt.name} artifact", error)) from None
-    return {"path": str(path), "format": fmt.name, "bytes": disk_bytes(path) if path.exists() else None, **details}
+from pipeline.formats import FORMATS, LoadContext, inspect_artifact, load, render_inspection
 
 
 def model_from_run_config(config: Path) -> Callable:
@@ -77,22 +62,6 @@ def load_summary(path: Path, format_name: str, trust: bool, config: Optional[Pat
     return fmt.summarize(load(fmt, path, LoadContext(fresh_model=fresh_model, safe_mode=not trust, declared=declared)))
 
 
-def render(info: dict, full: bool = False) -> str:
-    """The inspection as text for people, at a glance or in `full`; `--json` gives all the data for machines."""
-    fmt = FORMATS[info["format"]]
-    size = f", {info['bytes']:,} bytes" if info.get("bytes") is not None else ""
-    lines = [f"{info['path']}: {fmt.name} ({fmt.description}{size})", *fmt.render(info, full)]
-    if "code" in info:
-        lines.append(f"code: {', '.join(info['code'])} (refused by safe_mode)" if info["code"] else "code: none (loads under safe_mode)")
-        missing = set(info["unregistered_classes"])
-        lines.append("custom classes: " + (", ".join(f"{c}{' (not registered here)' if c in missing else ''}" for c in info["custom_classes"]) or "none"))
-        if info.get("outside_allow_list"):
-            lines.append(f"names outside Keras's building blocks: {', '.join(info['outside_allow_list'])} (refused unless --trust or --import)")
-    if "loaded" in info:
-        lines.append("loaded: " + ", ".join(f"{k} {v}" for k, v in info["loaded"].items()))
-    return "\n".join(lines)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.inspect", description="Show what a saved model, weights file or checkpoint holds.")
     parser.add_argument("path", type=Path, help="a .keras, .h5 or .weights.h5 file, a SavedModel folder, or a TF checkpoint (folder or prefix)")
@@ -124,7 +93,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             info["loaded"] = load_summary(args.path, info["format"], args.trust, args.config, tuple(args.imports))
         except PipelineError as error:  # the inspection is still worth printing
             problem = error
-    print(json.dumps(info, indent=2, default=str) if args.json else render(info, args.full))
+    print(json.dumps(info, indent=2, default=str) if args.json else render_inspection(info, args.full))
     return report(problem) if problem else 0
 
 

@@ -1,9 +1,12 @@
-"""Ctrl-C and SIGTERM: stop where the job is, end its MLflow run KILLED, and say how to resume.
+"""Ctrl-C, SIGTERM and SIGUSR1: stop where the job is, end its MLflow run KILLED, and say how to resume.
 
-The first signal raises `Interrupted` in the main thread. Python can lose an exception
-raised while an object is being finalized, so the request is also kept, and training
-checks it after every step. A second signal ends the process at once; the state on
-disk is then the last complete one, as after a kill.
+SIGTERM is what a cluster scheduler sends before it kills a job (SLURM, or SIGUSR1 with
+`--signal`). Outside training the first signal raises `Interrupted` in the main thread at
+once. During training (`deferred`) it is only noted: the current step finishes, the
+training state at that step is written, and then `check` raises. Python can also lose an
+exception raised while an object is being finalized, which the noted request survives.
+A second signal ends the process at once; the state on disk is then the last complete
+one, as after a kill.
 """
 
 import os
@@ -12,8 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 _requested: Optional[int] = None  # the signal received, if any: process-wide, as signals are
+_deferring = False  # in training: note the signal, let the step finish and the state be written
 
 
 class Interrupted(KeyboardInterrupt):
@@ -27,7 +31,7 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1, as a shell reports them
 
     def __str__(self) -> str:
         return f"{signal.Signals(self.signum).name}" + (f" during {self.where}" if self.where else "")
@@ -38,18 +42,37 @@ def _handle(signum, frame) -> None:
     if _requested is not None:
         os._exit(128 + signum)  # the second signal: at once
     _requested = signum
-    raise Interrupted(signum)
+    if not _deferring:
+        raise Interrupted(signum)
+
+
+def requested() -> Optional[int]:
+    """The signal that asked the job to stop, if one did."""
+    return _requested
 
 
 def check() -> None:
-    """Raise `Interrupted` if a signal came and its exception was lost; called between training steps."""
+    """Raise `Interrupted` if a signal came (and was deferred, or its exception lost)."""
     if _requested is not None:
         raise Interrupted(_requested)
 
 
 @contextmanager
+def deferred() -> Iterator[None]:
+    """For the block (training), a signal is noted, not raised: the block calls `check` where
+    stopping is clean. A request still pending when the block ends is raised then."""
+    global _deferring
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = False
+    check()
+
+
+@contextmanager
 def interruptible() -> Iterator[None]:
-    """For the block: SIGINT and SIGTERM raise `Interrupted` (only the main thread can take signals)."""
+    """For the block: SIGINT, SIGTERM and SIGUSR1 raise `Interrupted` (only the main thread can take signals)."""
     try:
         previous = {s: signal.signal(s, _handle) for s in SIGNALS}
     except ValueError:  # not the main thread: leave signals as they are

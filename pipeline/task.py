@@ -27,7 +27,8 @@ from pipeline.files import unwritable
 from pipeline.models import ModelFactory
 from pipeline.paths import RunPaths
 from pipeline.plots import plot_training_curves
-from pipeline.resume import find_run_to_resume, owner_tags
+from pipeline.owner import owner_tags
+from pipeline.resume import find_run_to_resume, finished_in_sweep
 from pipeline.stages.build import build
 from pipeline.stages.data import Dataset, load_data
 from pipeline.stages.evaluate import evaluate
@@ -46,7 +47,7 @@ from pipeline.validation import check_model, validate
 log = logging.getLogger(__name__)
 
 # Where a job runs and is tracked, not what it computes: left out of the config digest.
-NOT_EXPERIMENT = ("paths", "tracking", "registry", "resume")
+NOT_EXPERIMENT = ("paths", "tracking", "registry", "resume", "resume_every_seconds", "sweep")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -84,11 +85,12 @@ def default_run_name(settings: Config) -> str:
     return f"{settings.model.short_name}-{settings.checkpoint.policy.value}-{','.join(settings.save)}"
 
 
-def continue_in(folder: Path) -> None:
+def continue_in(folder: Path, news: str) -> None:
     """A resumed run keeps its first folder: this session's log is appended to that folder's
-    pipeline.log, and the folder Hydra made for this session goes, unless it holds more than that."""
+    pipeline.log, after the line `news`, and the folder Hydra made for this session goes,
+    unless it holds more than that."""
     session_log = move_log_file(folder / "pipeline.log")
-    log.info("resume  | resuming in %s", folder)
+    log.info(news)
     if session_log is None or session_log.parent == folder:
         return
     session = session_log.parent
@@ -142,7 +144,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     resolved_cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     digest = config_digest(resolved_cfg)
     client, experiment_id = connect(settings.tracking, settings.paths.root)
-    resumed = find_run_to_resume(client, experiment_id, settings.resume, digest, settings.training.epochs)
+    parent = settings.tracking.parent_run_id
+    done = finished_in_sweep(client, experiment_id, parent, digest) if parent and experiment_id else None
+    if done:  # a sweep run again after it was stopped: this job finished the first time
+        continue_in(Path(done.data.tags["output_dir"]), f"sweep   | this job finished in run {done.info.run_id}; not trained again")
+        return done.data.metrics
+    resumed = find_run_to_resume(client, experiment_id, settings.resume, digest, settings.training.epochs, parent)
     paths = RunPaths(resumed[1] if resumed else Path(settings.paths.output_dir).resolve())
     problem = unwritable(paths.root)
     if problem:
@@ -150,7 +157,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     paths.root.mkdir(parents=True, exist_ok=True)
 
     if resumed:
-        continue_in(paths.root)
+        continue_in(paths.root, f"resume  | resuming in {paths.root}" if resumed[2] else f"resume  | starting over in {paths.root}: the sweep's run of this job stopped before its first training state")
     tags = run_tags(settings, digest, paths.root)
     tracking = dataclasses.replace(settings.tracking, run_name=settings.tracking.run_name or default_run_name(settings))
     with tracked_run(client, experiment_id, tracking, paths.root, tags, resume_run_id=resumed[0] if resumed else None) as tracker:
@@ -172,7 +179,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             check_model(model, settings)  # validation did so already, unless the data came from a user's function
 
             progress.stage = "fit"
-            checkpoint = fit(model, data, training, settings.checkpoint, settings.callbacks, settings.seed, ctx, resuming=resumed is not None)
+            checkpoint = fit(model, data, training, settings.checkpoint, settings.callbacks, settings.seed, ctx, resuming=bool(resumed and resumed[2]), state_every_seconds=settings.resume_every_seconds)
             progress.epoch = progress.step = None
             tracker.set_tags({"weights_sha256": weights_digest(model)})
             history = tracker.metric_histories(["loss", "accuracy", "val_loss", "val_accuracy"])

@@ -36,7 +36,7 @@ def start(args, cwd):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl_c", "sigterm"])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGUSR1, 138)], ids=["ctrl_c", "sigusr1"])  # SIGTERM: test_preemption.py
 def test_a_signal_mid_fit_stops_cleanly_and_the_same_command_resumes(sig, code, tmp_path):
     command = ["data=digits", "data.train_size=400", "training.epochs=30", "checkpoint=none"]
     process = start(command, tmp_path)

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from pipeline.errors import ArtifactError
 from pipeline.formats import FORMATS, LoadContext, load
-from pipeline.inspect import inspect_artifact, main
+from pipeline.formats import inspect_artifact
+from pipeline.inspect import main
 from pipeline.task import run
 
 INPUTS, CLASSES = 64, 10

@@ -15,6 +15,7 @@ from conftest import EXPERIMENT, PROJECT, assert_only_pipeline_lines, only_run, 
 from pipeline.determinism import training_dataset
 from pipeline.errors import ConfigError
 from pipeline.files import atomic_path
+from pipeline.resume import saved_states
 from pipeline.task import run
 from pipeline.tracking.journal import STAGING
 from pipeline.tracking.lifecycle import catch_up
@@ -280,8 +281,8 @@ def test_ctrl_c_then_truncated_checkpoint_falls_back_to_the_previous_state(unint
     (stopped,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert stopped.info.status == "KILLED"
     (output_dir,) = tmp_path.glob("outputs/runs/*")
-    # Two states are kept; a third may remain if the interrupt came between writing one and pruning.
-    newest, previous = sorted((output_dir / "resume").glob("epoch-*.weights.h5"), reverse=True)[:2]
+    # Two states are kept (the newest written at the step Ctrl-C stopped); a third may remain if the interrupt came between writing one and pruning.
+    newest, previous = [output_dir / "resume" / f"{state.stem}.weights.h5" for state in saved_states(output_dir / "resume")[:2]]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 3])  # as a kill mid-write without atomic renames would
 
     result = run_cli(*RESUMABLE, f"resume={output_dir}", cwd=tmp_path)

@@ -3,14 +3,19 @@ one nested run per job, a sweep report, and failed jobs handled without stopping
 
 import csv
 import io
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import EXPERIMENT, run_cli
+from conftest import EXPERIMENT, PROJECT, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +51,7 @@ def test_grid_sweep_in_parallel_is_one_parent_with_a_run_per_job(tmp_path):
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     assert parent.info.status == "FINISHED"
     assert sorted(c.info.run_name for c in children) == ["model=cnn,save=[h5,weights]", "model=cnn,save=[keras]", "model=mlp,save=[h5,weights]", "model=mlp,save=[keras]"]
-    assert parent.data.params["sweep.jobs"] == "4"
+    assert parent.data.tags["sweep.jobs"] == "4"
     assert "model=mlp,cnn" in parent.data.params["sweep.overrides"] and "save=[keras],[h5,weights]" in parent.data.params["sweep.overrides"]
     assert len({c.data.tags["pid"] for c in children}) == 2  # two worker processes shared the four jobs
     assert "Joblib" in parent.data.params["sweep.launcher"]
@@ -86,6 +91,17 @@ def test_a_failing_job_fails_alone(tmp_path):
     assert rows["data.train_size=5000"]["status"] == "FAILED" and "digits has 1797 examples" in rows["data.train_size=5000"]["error"]
     assert rows["data.train_size=100"]["status"] == "FINISHED" and float(rows["data.train_size=100"]["trained_accuracy"]) > 0
 
+    # The same command continues that sweep: the finished job is not trained again, the other is refused again; one run each.
+    again = run_cli("-m", *SMALL, "data.train_size=5000,100", cwd=tmp_path)
+    assert again.returncode != 0 and "this job finished in run" in again.stdout + again.stderr
+    client, continued, children = sweep_runs(tmp_path)
+    assert continued.info.run_id == parent.info.run_id and len(children) == 2
+    # sweep.rerun=all starts a fresh one
+    fresh = run_cli("-m", *SMALL, "data.train_size=5000,100", "sweep.rerun=all", cwd=tmp_path)
+    assert fresh.returncode != 0 and "this job finished in run" not in fresh.stdout + fresh.stderr
+    runs = client.search_runs([parent.info.experiment_id])
+    assert len([r for r in runs if r.data.tags.get("sweep") == "parent"]) == 2 and len(runs) == 6
+
 
 def test_optuna_search_nests_every_trial(tmp_path):
     result = run_cli("-m", "hparams_search=mlp_optuna", "hydra.sweeper.n_trials=20", *SMALL, "hydra.sweeper.n_trials=3", cwd=tmp_path)  # the README's, smaller
@@ -116,3 +132,40 @@ def test_slurm_launcher_config_composes(tmp_path):
     assert result.returncode == 0, result.stderr
     launcher = yaml.safe_load(result.stdout)  # just the hydra.launcher package
     assert launcher["_target_"].endswith("SlurmLauncher") and launcher["partition"] == "cpu" and launcher["cpus_per_task"] == 4
+
+
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])
+def test_a_killed_sweep_run_again_trains_only_the_jobs_that_had_not_finished(launcher, tmp_path):
+    """Killed (every process of it, as a lost node would be) once two jobs had finished; the same
+    command then continues the same sweep: one parent, each job's run once, the finished ones untouched."""
+    command = ["-m", "seed=1,2,3,4", "data=digits", "data.train_size=600", "training.epochs=4", "training.verbose=0", "checkpoint=none", *launcher]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    sweep = subprocess.Popen([sys.executable, "-m", "pipeline", *command], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    client, deadline = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"), time.monotonic() + 600
+    while len(finished := finished_jobs(client)) < 2:
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    assert len(finished) == 2, "more than two jobs had finished before the kill"
+
+    result = run_cli(*command, cwd=tmp_path)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "sweep   | continuing the stopped sweep" in output
+    assert output.count("this job finished in run") == 2 and output.count("done    | run ") == 2  # exactly two jobs trained
+    client, parent, children = sweep_runs(tmp_path)  # one parent
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.jobs"] == "4"
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert len({c.data.tags["config_digest"] for c in children}) == 4  # each job's run once
+    again = {c.info.run_id: c for c in children}
+    assert all(again[r.info.run_id].info.end_time == r.info.end_time for r in finished)  # not run again
+    assert sorted(r["job"] for r in report(client, parent, tmp_path)) == [f"seed={seed}" for seed in range(1, 5)]
+
+
+def finished_jobs(client) -> list:
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    return [r for r in runs if r.info.status == "FINISHED" and "sweep" not in r.data.tags]

@@ -13,9 +13,9 @@ from pipeline.config import CallbacksConfig, CheckpointConfig, CheckpointPolicy,
 from pipeline.context import RunContext
 from pipeline.determinism import EpochSeeds, training_dataset
 from pipeline.errors import ArtifactError
-from pipeline.interrupts import Progress, check
+from pipeline.interrupts import Progress, deferred
 from pipeline.paths import RunPaths
-from pipeline.resume import TrainingBackup, restore
+from pipeline.resume import TrainingState, build_metrics, restore
 from pipeline.stages.data import Dataset
 from pipeline.tracking.checkpoint_models import CheckpointModels
 from pipeline.tracking.logged_model import keras_signature
@@ -42,8 +42,7 @@ class MlflowMetrics(keras.callbacks.Callback):
 
 
 class ProgressLog(keras.callbacks.Callback):
-    """Keep `progress` at the current epoch and step, stop on a signal whose exception was lost,
-    and, unless Keras draws its progress bar, log one line per epoch."""
+    """Keep `progress` at the current epoch and step and, unless Keras draws its progress bar, log one line per epoch."""
 
     def __init__(self, progress: Progress, epochs: int, log_epochs: bool):
         super().__init__()
@@ -56,12 +55,49 @@ class ProgressLog(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.progress.step = self._first_step + batch + 1
-        check()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.log_epochs:
             values = ", ".join(f"{name} {value:.4f}" for name, value in (logs or {}).items())
             log.info("fit     | epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs, values, time.perf_counter() - self._started)
+
+
+class OneTraining(keras.callbacks.Callback):
+    """Callbacks that see a training fit() runs in parts as one: a run resumed mid-epoch trains the
+    rest of that epoch, then the other epochs, in two fit() calls. Only the first part's beginning
+    and the last part's end are passed on, so EarlyStopping neither resets its patience nor puts
+    back its best weights halfway; the rest of the hooks pass through."""
+
+    def __init__(self, callbacks: list, parts: int):
+        super().__init__()
+        self.callbacks, self.parts, self.ended = callbacks, parts, 0
+
+    def set_model(self, model):
+        super().set_model(model)
+        for callback in self.callbacks:
+            callback.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        for callback in self.callbacks:
+            callback.set_params(params)
+
+    def on_train_begin(self, logs=None):
+        if self.ended == 0:
+            self._each("on_train_begin", logs=logs)
+
+    def on_train_end(self, logs=None):
+        self.ended += 1
+        if self.ended == self.parts or self.model.stop_training:  # the training's real end
+            self._each("on_train_end", logs=logs)
+
+    def _each(self, hook: str, *args, **kwargs) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args, **kwargs)
+
+
+for _hook in ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end", "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end"):
+    setattr(OneTraining, _hook, lambda self, *args, _hook=_hook, **kwargs: self._each(_hook, *args, **kwargs))
 
 
 def keras_verbosity(verbose: int) -> int:
@@ -85,6 +121,13 @@ def optional_callbacks(cfg: CallbacksConfig, paths: RunPaths) -> list[keras.call
                 log_dir=str(paths.tensorboard), histogram_freq=cfg.tensorboard.histogram_freq, update_freq=cfg.tensorboard.update_freq
             )
         )
+    if cfg.reduce_lr:
+        plateau = cfg.reduce_lr
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=plateau.monitor, factor=plateau.factor, patience=plateau.patience, min_delta=plateau.min_delta, cooldown=plateau.cooldown, min_lr=plateau.min_lr
+            )
+        )
     if cfg.lr_schedule:
         factor, every = cfg.lr_schedule.factor, cfg.lr_schedule.every
         callbacks.append(keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr * factor if epoch > 0 and epoch % every == 0 else lr))
@@ -100,53 +143,70 @@ def fit(
     seed: int,
     ctx: RunContext,
     resuming: bool,
+    state_every_seconds: Optional[float] = None,
 ) -> Optional[CheckpointRecord]:
-    """Train for the remaining epochs; returns the last checkpoint the policy wrote, if any."""
+    """Train for the remaining epochs (and, resumed mid-epoch, the rest of the epoch it stopped in);
+    returns the last checkpoint the policy wrote, if any. A signal stops it at a step's end, with the
+    training state written at that step."""
     paths, tracker = ctx.paths, ctx.tracker
     verbosity = keras_verbosity(training.verbose)
-    first_epoch = 0
+    point = None
     if resuming:
         point = restore(paths.resume, model)
         if point is None:
             raise ArtifactError(f"cannot resume: no readable training state in {paths.resume}")
-        first_epoch = point.epoch
+    first_epoch, first_batch = (point.epoch, point.batch) if point else (0, 0)
+    if first_batch:
+        build_metrics(model, data.x_test, data.y_test)
 
     writer, linked = None, None
     keras_callbacks = optional_callbacks(callbacks, paths)
+    stateful = list(keras_callbacks)
     if checkpoint.policy is not CheckpointPolicy.none:
         models = CheckpointModels(tracker, checkpoint, resuming)
-        writer = PolicyCheckpoint(checkpoint, paths.checkpoints, on_write=models, first_epoch=first_epoch)
+        writer = PolicyCheckpoint(checkpoint, paths.checkpoints, on_write=models, first_epoch=first_epoch, resumed=resuming)
         models.prepare(model, keras_signature(model, data.x_test[:8]), writer.format.name)
-        if resuming:
+        if point:
             writer.load_state(point.state)
         keras_callbacks.append(writer)
         linked = None if models.by_batch else models.at
     keras_callbacks.append(EpochSeeds(seed))
     keras_callbacks.append(ProgressLog(ctx.progress, training.epochs, log_epochs=training.verbose > 0 and verbosity == 0))
-    # Metrics after the callbacks that add to the logs (learning_rate); the backup last, so a
+    # Metrics after the callbacks that add to the logs (learning_rate); the state last, so a
     # kill between the two repeats an epoch's metrics (with the same values) rather than losing them.
     keras_callbacks.append(MlflowMetrics(tracker, linked))
     keras_callbacks.append(
-        TrainingBackup(
+        TrainingState(
             paths.resume,
             tracker.run_id,
+            stateful,
             extra_state=writer.state if writer else dict,
             written_at=writer.weights_file_at if writer else lambda step: None,
+            resumed=point,
+            every_seconds=state_every_seconds,
         )
     )
 
     epochs, batch_size = training.epochs, training.batch_size
-    if first_epoch < epochs:
-        model.fit(
-            training_dataset(data.x_train, data.y_train, batch_size, seed, first_epoch, epochs),
-            steps_per_epoch=math.ceil(len(data.x_train) / batch_size),
-            initial_epoch=first_epoch,
-            shuffle=False,  # training_dataset shuffles, per epoch
-            epochs=epochs,
-            validation_data=(data.x_test, data.y_test),
-            callbacks=keras_callbacks,
-            verbose=verbosity,
-        )
+    steps = math.ceil(len(data.x_train) / batch_size)
+    # The rest of an epoch stopped midway, then whole epochs: one fit() each, seen by the callbacks as one training.
+    parts = [(first_epoch, first_epoch + 1, first_batch), (first_epoch + 1, epochs, 0)] if first_batch else [(first_epoch, epochs, 0)]
+    parts = [(start, end, skip) for start, end, skip in parts if start < end]
+    together = OneTraining(keras_callbacks, len(parts))
+    with deferred():
+        for start, end, skip in parts:
+            model.fit(
+                training_dataset(data.x_train, data.y_train, batch_size, seed, start, end, first_batch=skip),
+                steps_per_epoch=steps - skip,
+                initial_epoch=start,
+                shuffle=False,  # training_dataset shuffles, per epoch
+                epochs=end,
+                validation_data=(data.x_test, data.y_test),
+                callbacks=[together],
+                verbose=verbosity,
+            )
+            if model.stop_training:  # early stopping
+                break
     if callbacks.tensorboard:
         tracker.log_folder(paths.tensorboard)
     latest = writer.latest if writer else None

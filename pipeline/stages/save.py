@@ -13,10 +13,9 @@ from pipeline.config import SaveOptions
 from pipeline.context import RunContext
 from pipeline.errors import ExportError
 from pipeline.files import atomic_path, disk_bytes
-from pipeline.formats import FORMATS, SaveFormat
+from pipeline.formats import FORMATS, SaveFormat, inspect_artifact, render_inspection
 from pipeline.formats.base import raw_state_bytes
 from pipeline.formats.hdf5 import rewrite_hdf5
-from pipeline.inspect import inspect_artifact, render
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +63,6 @@ def write_inspection(artifact: Path, report: Path) -> list[Path]:
     info = inspect_artifact(artifact)
     report.parent.mkdir(parents=True, exist_ok=True)
     text, data = report.with_suffix(".txt"), report.with_suffix(".json")
-    text.write_text(render(info, full=True) + "\n")
+    text.write_text(render_inspection(info, full=True) + "\n")
     data.write_text(json.dumps(info, indent=2, default=str))
     return [text, data]
