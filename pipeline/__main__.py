@@ -1,5 +1,6 @@
 """`python -m pipeline [overrides]`: the Hydra command line over `pipeline.task.run`."""
 
+import atexit
 import logging
 import os
 import shlex
@@ -91,7 +92,14 @@ def exit_interrupted(error: Interrupted) -> NoReturn:
     else:
         message = f"interrupted by {error}: run {error.run_id} is marked KILLED; run the same command to resume it: {the_command()}"
     logging.getLogger("pipeline").warning(message)
-    sys.exit(error.exit_code)
+    # The run is ended and the training state is on disk: leave now. The exit handlers still run
+    # (a sweep's report and parent run), but not the seconds of interpreter and TensorFlow
+    # teardown that a job given a few seconds' notice by its scheduler may not have.
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(error.exit_code)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -216,7 +216,7 @@ def find_run_to_resume(client, experiment_id: Optional[str], resume: Optional[st
         for run in (r for r in runs if not process_alive(r.data.tags)):
             folder = Path(run.data.tags.get("output_dir", ""))
             states = saved_states(folder / "resume") if folder.is_dir() else []
-            if states and json.loads(states[0].read_text())["epoch"] < epochs:
+            if states and json.loads(states[0].read_text())["epoch"] <= epochs:  # all trained: it goes on to save and verify
                 return run.info.run_id, folder, True
             if not states and parent:
                 return run.info.run_id, folder, False

@@ -248,6 +248,26 @@ def test_crash_then_same_command_resumes_the_failed_run(uninterrupted_digest, tm
     assert sorted(p.name for p in checkpoints.glob("cp-*")) == [f"cp-{e:04d}.weights.h5" for e in range(0, 21, 4)]
 
 
+@pytest.mark.slow
+def test_a_run_that_fails_after_training_resumes_without_training_again(uninterrupted_digest, tmpfs, tmp_path):
+    """Stopped after its last epoch (here a full disk while saving): the same command saves and verifies, and trains nothing."""
+    command = [*RESUMABLE, "hydra.run.dir=outputs/runs/crashing"]
+    saved = tmp_path / "outputs" / "runs" / "crashing" / "saved"
+    tmpfs(saved, "100k")  # model.keras is about 490 kB
+    assert run_cli(*command, cwd=tmp_path).returncode == 1
+
+    tmpfs(saved, "20m")  # space freed
+    result = run_cli(*command, cwd=tmp_path)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "restored epoch-0020.weights.h5: continuing from epoch 21" in output and "all 20 epochs were trained before the interruption" in output
+    assert "fit     | epoch " not in output
+    (finished,) = client_for(tmp_path).search_runs([client_for(tmp_path).get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert finished.info.status == "FINISHED" and finished.data.tags["weights_sha256"] == uninterrupted_digest
+    assert finished.data.metrics["keras/verified"] == 1.0
+
+
 def test_explicit_resume_refuses_a_different_config(make_cfg, client, tmp_path):
     run(make_cfg(*QUICK))
     source = only_run(client)

@@ -210,5 +210,8 @@ def fit(
     if callbacks.tensorboard:
         tracker.log_folder(paths.tensorboard)
     latest = writer.latest if writer else None
-    log.info("fit     | epochs %d-%d of %d done; latest checkpoint: %s", first_epoch + 1, epochs, epochs, latest.path.name if latest else "none")
+    if parts:
+        log.info("fit     | epochs %d-%d of %d done; latest checkpoint: %s", first_epoch + 1, epochs, epochs, latest.path.name if latest else "none")
+    else:
+        log.info("fit     | all %d epochs were trained before the interruption", epochs)
     return latest
