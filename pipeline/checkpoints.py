@@ -49,11 +49,10 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         directory: the folder for this run's checkpoints.
         on_write: called right after each checkpoint is written, with its record, the training
             logs it was written at, and the checkpoints the writer deleted to keep `max_to_keep`.
-        first_epoch: the epoch training starts from.
         resumed: whether this continues an interrupted run, which wrote epoch 0 already.
     """
 
-    def __init__(self, cfg: CheckpointConfig, directory: Path, on_write: Callable[[CheckpointRecord, dict, list[Path]], None], first_epoch: int = 0, resumed: bool = False):
+    def __init__(self, cfg: CheckpointConfig, directory: Path, on_write: Callable[[CheckpointRecord, dict, list[Path]], None], resumed: bool = False):
         super().__init__()
         self.cfg = cfg
         self.directory = directory
@@ -62,7 +61,7 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         self.by_batch = cfg.policy is CheckpointPolicy.every_n_batches
         self.resumed = resumed
         self.latest: Optional[CheckpointRecord] = None
-        self._epoch = first_epoch
+        self._epoch = 0  # set as each epoch begins
         self._best: Optional[float] = None
         self._writer = None
 

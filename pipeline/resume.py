@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 import keras
 import numpy as np
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pipeline import interrupts
 from pipeline.determinism import seed_states
@@ -31,7 +32,6 @@ from pipeline.owner import process_alive
 
 log = logging.getLogger(__name__)
 
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for a nested run
 KEEP = 2  # the newest state, and the one to fall back on if the newest is unreadable
 WEIGHTS = FORMATS["weights"]  # Keras weight files hold the optimizer's variables too
 NAME = re.compile(r"epoch-(\d+)(?:-batch-(\d+))?$")  # epochs completed, and batches of the next one
@@ -209,7 +209,7 @@ def find_run_to_resume(client, experiment_id: Optional[str], resume: Optional[st
     if resume == "auto":
         if experiment_id is None:
             return None
-        in_sweep = f" and tags.`{PARENT_TAG}` = '{parent}'" if parent else ""
+        in_sweep = f" and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'" if parent else ""
         runs = client.search_runs(
             [experiment_id], f"tags.config_digest = '{config_digest}' and attributes.status != 'FINISHED'{in_sweep}", order_by=["attributes.start_time DESC"], max_results=10
         )
@@ -238,5 +238,5 @@ def find_run_to_resume(client, experiment_id: Optional[str], resume: Optional[st
 
 def finished_in_sweep(client, experiment_id: str, parent: str, config_digest: str):
     """The FINISHED run of this config in the sweep `parent`, if a run of the sweep already did the job."""
-    runs = client.search_runs([experiment_id], f"tags.config_digest = '{config_digest}' and tags.`{PARENT_TAG}` = '{parent}' and attributes.status = 'FINISHED'", max_results=1)
+    runs = client.search_runs([experiment_id], f"tags.config_digest = '{config_digest}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and attributes.status = 'FINISHED'", max_results=1)
     return runs[0] if runs else None

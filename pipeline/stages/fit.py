@@ -164,7 +164,7 @@ def fit(
     stateful = list(keras_callbacks)
     if checkpoint.policy is not CheckpointPolicy.none:
         models = CheckpointModels(tracker, checkpoint, resuming)
-        writer = PolicyCheckpoint(checkpoint, paths.checkpoints, on_write=models, first_epoch=first_epoch, resumed=resuming)
+        writer = PolicyCheckpoint(checkpoint, paths.checkpoints, on_write=models, resumed=resuming)
         models.prepare(model, keras_signature(model, data.x_test[:8]), writer.format.name)
         if point:
             writer.load_state(point.state)

@@ -42,7 +42,8 @@ class _DropRetracingWarnings(logging.Filter):
 @contextmanager
 def _expected_retracing():
     """Every artifact is loaded into a fresh model with a predict function of its own, so
-    TensorFlow's "triggered tf.function retracing" warning is what this stage is, not a problem."""
+    TensorFlow's "triggered tf.function retracing" warning is what this stage is, not a problem.
+    (Also a decorator, as any contextmanager.)"""
     quiet, tensorflow_log = _DropRetracingWarnings(), logging.getLogger("tensorflow")
     tensorflow_log.addFilter(quiet)
     try:
@@ -255,27 +256,22 @@ def reload_verify(
     state it was written from; raises VerificationError, after the report is written, if any fails.
     `declared` are the user's modules (`imports`, the model's own): names in them pass the trust scan."""
     paths = ctx.paths
-    with _expected_retracing():
-        loading = LoadContext(fresh_model=fresh_model, safe_mode=not cfg.trust, declared=declared)
-        report = verify_saved(model, data, saved, loading, cfg, paths.root)
-        if checkpoint is not None:
-            report.checks.append(_verify_checkpoint(checkpoint, fresh_model, loading, data, cfg.atol, paths))
-        _record(report, paths, ctx.tracker)
-        if report.failures:
-            details = "; ".join(f"{c.artifact} ({c.path}): {', '.join(c.problems)}" for c in report.failures)
-            raise VerificationError(f"reload-verify failed for {len(report.failures)} of {len(report.checks)} artifacts: {details}. Report: {paths.reports / 'verify.md'}")
-        return report
+    loading = LoadContext(fresh_model=fresh_model, safe_mode=not cfg.trust, declared=declared)
+    report = verify_saved(model, data, saved, loading, cfg, paths.root)
+    if checkpoint is not None:
+        report.checks.append(_verify_checkpoint(checkpoint, fresh_model, loading, data, cfg.atol, paths))
+    _record(report, paths, ctx.tracker)
+    if report.failures:
+        details = "; ".join(f"{c.artifact} ({c.path}): {', '.join(c.problems)}" for c in report.failures)
+        raise VerificationError(f"reload-verify failed for {len(report.failures)} of {len(report.checks)} artifacts: {details}. Report: {paths.reports / 'verify.md'}")
+    return report
 
 
+@_expected_retracing()
 def verify_saved(model: keras.Model, data: Dataset, saved: list[SavedArtifact], loading: LoadContext, cfg: VerifyConfig, root: Path) -> Report:
     """Every saved artifact against the trained model, and with `cfg.browser` the `.onnx` in a
     browser too; paths in the report are relative to `root`. It records nothing: `reload_verify`
     does, and the benchmarks tabulate it."""
-    with _expected_retracing():
-        return _verify_saved(model, data, saved, loading, cfg, root)
-
-
-def _verify_saved(model: keras.Model, data: Dataset, saved: list[SavedArtifact], loading: LoadContext, cfg: VerifyConfig, root: Path) -> Report:
     trained = _trained_reference(model, data)
     untrained = accuracy(predict_logits(loading.fresh_model(), data.x_test), data.y_test)  # first, so the save list does not change it
     checks = []
@@ -297,6 +293,7 @@ def _verify_saved(model: keras.Model, data: Dataset, saved: list[SavedArtifact],
     return report
 
 
+@_expected_retracing()
 def _verify_checkpoint(record: CheckpointRecord, fresh_model, loading: LoadContext, data: Dataset, atol: float, paths: RunPaths) -> Check:
     """The newest checkpoint on disk, found as a user would find it, must be the last one
     written and must hold the state it was written from."""
