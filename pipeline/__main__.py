@@ -89,9 +89,13 @@ def exit_interrupted(error: Interrupted) -> NoReturn:
     """One line, on the console and in pipeline.log: what stopped the job, where, and how to carry on."""
     if error.run_id is None:
         message = f"interrupted by {error} before the run started"
+    elif error.requeue:
+        message = f"interrupted by {error}: run {error.run_id} is marked KILLED; submitit requeues the job, which resumes it"
     else:
         message = f"interrupted by {error}: run {error.run_id} is marked KILLED; run the same command to resume it: {the_command()}"
     logging.getLogger("pipeline").warning(message)
+    if error.requeue:  # submitit checkpoints the job, requeues it and exits
+        error.requeue(error.signum, None)
     # The run is ended and the training state is on disk: leave now. The exit handlers still run
     # (a sweep's report and parent run), but not the seconds of interpreter and TensorFlow
     # teardown that a job given a few seconds' notice by its scheduler may not have.

@@ -23,6 +23,7 @@ from typing import Any, Optional
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import TrackingConfig
@@ -52,7 +53,14 @@ class PreflightCheck(Callback):
             sys.exit(report(error))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Also the sweeper's own checks, if it has them (`preflight`, as the Optuna sweeper's)."""
         self._check_folder(config.hydra.sweep.dir)
+        sweeper = get_class(config.hydra.sweeper._target_)
+        if hasattr(sweeper, "preflight"):
+            try:
+                sweeper.preflight(config)
+            except PipelineError as error:
+                sys.exit(report(error))
 
     @staticmethod
     def _check_folder(folder: str) -> None:

@@ -7,17 +7,23 @@ training state at that step is written, and then `check` raises. Python can also
 exception raised while an object is being finalized, which the noted request survives.
 A second signal ends the process at once; the state on disk is then the last complete
 one, as after a kill.
+
+A job started by submitit (the submitit and SLURM launchers) is also stopped this way by
+submitit's preemption signal (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise), and then
+handed to submitit's own handler (`Interrupted.requeue`), which checkpoints the job and
+requeues it: the job starts again and resumes its run from the state written at the step.
 """
 
 import os
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 _requested: Optional[int] = None  # the signal received, if any: process-wide, as signals are
 _deferring = False  # in training: note the signal, let the step finish and the state be written
+_requeue_handlers: dict = {}  # {signal: handler} that requeue the job after it stopped (submitit's)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -28,6 +34,7 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
         self.where: Optional[str] = None
         self.run_id: Optional[str] = None
+        self.requeue: Optional[Callable] = _requeue_handlers.get(signum)  # submitit's, for its preemption signal
 
     @property
     def exit_code(self) -> int:
@@ -70,19 +77,33 @@ def deferred() -> Iterator[None]:
     check()
 
 
+def _submitit_requeue() -> dict:
+    """{signal: submitit's handler} when this process is a submitit job that requeues on that signal."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    signum = getattr(signal, f"SIG{name}", None)
+    handler = signal.getsignal(signum) if signum else None
+    owner = getattr(handler, "__self__", None)
+    return {signum: handler} if type(owner).__module__.startswith("submitit.") else {}
+
+
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """For the block: SIGINT, SIGTERM and SIGUSR1 raise `Interrupted` (only the main thread can take signals)."""
+    """For the block: SIGINT, SIGTERM and SIGUSR1 (and submitit's preemption signal, in a submitit
+    job) raise `Interrupted` (only the main thread can take signals)."""
     try:
-        previous = {s: signal.signal(s, _handle) for s in SIGNALS}
+        requeue = _submitit_requeue()
+        previous = {s: signal.signal(s, _handle) for s in (*SIGNALS, *requeue)}
     except ValueError:  # not the main thread: leave signals as they are
         yield
         return
+    _requeue_handlers.update(requeue)
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        for s in requeue:
+            _requeue_handlers.pop(s, None)
 
 
 @dataclass

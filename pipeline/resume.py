@@ -140,7 +140,7 @@ class TrainingState(keras.callbacks.Callback):
         if arrays:
             with atomic_path(self.directory / f"{stem}.npz") as temporary, temporary.open("wb") as file:
                 np.savez(file, **arrays)
-        state = {"epoch": completed, "batch": batch, "step": step, "run_id": self.run_id, "callbacks": callbacks, **self.extra_state()}
+        state = {"epoch": completed, "batch": batch, "step": step, "stopped": bool(self.model.stop_training), "run_id": self.run_id, "callbacks": callbacks, **self.extra_state()}
         with atomic_path(self.directory / f"{stem}.json") as temporary:
             temporary.write_text(json.dumps(state))
         self._last_write = time.monotonic()
@@ -196,11 +196,14 @@ def restore(directory: Path, model: keras.Model) -> Optional[ResumePoint]:
     return None
 
 
-def find_run_to_resume(client, experiment_id: Optional[str], resume: Optional[str], config_digest: str, epochs: int, parent: Optional[str] = None) -> Optional[tuple[str, Path, bool]]:
+def find_run_to_resume(
+    client, experiment_id: Optional[str], resume: Optional[str], config_digest: str, epochs: int, parent: Optional[str] = None, trial: Optional[int] = None
+) -> Optional[tuple[str, Path, bool]]:
     """The (run id, output folder, whether it has a training state) to continue, or None to start a fresh run.
 
     `resume` is "auto" (an unfinished run of the same config whose process is gone; in a sweep,
-    one of that sweep's, `parent`), a run id, an output folder, or None (always start fresh).
+    one of that sweep's, `parent`, and of the Optuna `trial`, if any), a run id, an output folder,
+    or None (always start fresh).
     A sweep's job that was killed before its first state starts over in its own run, so the
     sweep keeps one run per job.
     """
@@ -209,9 +212,8 @@ def find_run_to_resume(client, experiment_id: Optional[str], resume: Optional[st
     if resume == "auto":
         if experiment_id is None:
             return None
-        in_sweep = f" and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'" if parent else ""
         runs = client.search_runs(
-            [experiment_id], f"tags.config_digest = '{config_digest}' and attributes.status != 'FINISHED'{in_sweep}", order_by=["attributes.start_time DESC"], max_results=10
+            [experiment_id], f"tags.config_digest = '{config_digest}' and attributes.status != 'FINISHED'{_in_sweep(parent, trial)}", order_by=["attributes.start_time DESC"], max_results=10
         )
         for run in (r for r in runs if not process_alive(r.data.tags)):
             folder = Path(run.data.tags.get("output_dir", ""))
@@ -236,7 +238,14 @@ def find_run_to_resume(client, experiment_id: Optional[str], resume: Optional[st
     return run.info.run_id, Path(run.data.tags["output_dir"]), True
 
 
-def finished_in_sweep(client, experiment_id: str, parent: str, config_digest: str):
-    """The FINISHED run of this config in the sweep `parent`, if a run of the sweep already did the job."""
-    runs = client.search_runs([experiment_id], f"tags.config_digest = '{config_digest}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}' and attributes.status = 'FINISHED'", max_results=1)
+def finished_in_sweep(client, experiment_id: str, parent: str, config_digest: str, trial: Optional[int] = None):
+    """The FINISHED run of this config in the sweep `parent` (as the Optuna `trial`, if any), if a run of the sweep already did the job."""
+    runs = client.search_runs([experiment_id], f"tags.config_digest = '{config_digest}' and attributes.status = 'FINISHED'{_in_sweep(parent, trial)}", max_results=1)
     return runs[0] if runs else None
+
+
+def _in_sweep(parent: Optional[str], trial: Optional[int]) -> str:
+    """A sweep's job has its own run: one of the sweep `parent`'s and, in an Optuna search, of its `trial`
+    (a trial that happens to draw another's values is a trial of its own)."""
+    scope = f" and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'" if parent else ""
+    return scope + (f" and tags.`optuna.trial` = '{trial}'" if trial is not None else "")

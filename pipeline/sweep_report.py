@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from pipeline.formats import FORMATS
 from pipeline.markdown import markdown_table
+from pipeline.optuna_trial import PRUNED
 
 PER_FORMAT = ("verified", "file_bytes", "save_seconds", "load_seconds")
 
@@ -33,13 +34,15 @@ def child_runs(client: MlflowClient, parent_id: str) -> list[Run]:
 def report_rows(children: list[Run]) -> list[dict]:
     """One row per job: its choices, status, accuracy and, per saved format, the verify result and costs."""
     formats = [f for f in FORMATS if any(f"{f}/verified" in c.data.metrics for c in children)]
+    trials = any("optuna.trial" in c.data.tags for c in children)
     rows = []
     for child in children:
         metrics, tags = child.data.metrics, child.data.tags
         row = {
             "job": child.info.run_name,
+            **({"trial": tags.get("optuna.trial", "")} if trials else {}),
             "run_id": child.info.run_id,
-            "status": child.info.status,
+            "status": "PRUNED" if tags.get("status") == PRUNED else child.info.status,
             "trained_accuracy": metrics.get("trained_accuracy"),
             "untrained_accuracy": metrics.get("untrained_accuracy"),
         }

@@ -25,6 +25,7 @@ from pipeline.determinism import seed_everything
 from pipeline.errors import PipelineError
 from pipeline.files import unwritable
 from pipeline.models import ModelFactory
+from pipeline.optuna_trial import PRUNED, OptunaTrial
 from pipeline.paths import RunPaths
 from pipeline.plots import plot_training_curves
 from pipeline.owner import owner_tags
@@ -138,6 +139,21 @@ def _log_datasets(data: Dataset, tracker: Tracker, as_inputs: bool) -> None:
     tracker.log_dataset(data.x_test, data.y_test, f"{data.name}-test", data.source, "evaluation", as_inputs)
 
 
+def _deliver(model: keras.Model, data: Dataset, fresh_model: ModelFactory, checkpoint, settings: Config, ctx: RunContext):
+    """The stages after training: save every format, reload and verify each, evaluate, register."""
+    progress, tracker = ctx.progress, ctx.tracker
+    progress.stage = "save"
+    saved = save(model, settings.save, ctx)
+    tracker.log_keras_model(model, keras_signature(model, data.x_test[:8]))
+    progress.stage = "verify"
+    report = reload_verify(model, data, saved, checkpoint, fresh_model, settings.verify, ctx, declared=(*settings.imports, *fresh_model.declared))
+    progress.stage = "evaluate"
+    evaluate(model, data, ctx)
+    progress.stage = "register"
+    register(settings.registry, data, ctx)
+    return report
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     settings = validate(cfg)
@@ -145,11 +161,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     digest = config_digest(resolved_cfg)
     client, experiment_id = connect(settings.tracking, settings.paths.root)
     parent = settings.tracking.parent_run_id
-    done = finished_in_sweep(client, experiment_id, parent, digest) if parent and experiment_id else None
+    trial = OptunaTrial.from_environment()  # an Optuna sweep's trial: epochs are reported to its pruner
+    number = trial.number if trial else None
+    done = finished_in_sweep(client, experiment_id, parent, digest, number) if parent and experiment_id else None
     if done:  # a sweep run again after it was stopped: this job finished the first time
         continue_in(Path(done.data.tags["output_dir"]), f"sweep   | this job finished in run {done.info.run_id}; not trained again")
+        if trial and done.data.tags.get("status") == PRUNED:
+            raise trial.pruned_error(int(done.data.tags["optuna.pruned_after"]))
         return done.data.metrics
-    resumed = find_run_to_resume(client, experiment_id, settings.resume, digest, settings.training.epochs, parent)
+    resumed = find_run_to_resume(client, experiment_id, settings.resume, digest, settings.training.epochs, parent, number)
     paths = RunPaths(resumed[1] if resumed else Path(settings.paths.output_dir).resolve())
     problem = unwritable(paths.root)
     if problem:
@@ -158,13 +178,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     if resumed:
         continue_in(paths.root, f"resume  | resuming in {paths.root}" if resumed[2] else f"resume  | starting over in {paths.root}: the sweep's run of this job stopped before its first training state")
-    tags = run_tags(settings, digest, paths.root)
+    tags = {**run_tags(settings, digest, paths.root), **(trial.tags() if trial else {})}
     tracking = dataclasses.replace(settings.tracking, run_name=settings.tracking.run_name or default_run_name(settings))
     with tracked_run(client, experiment_id, tracking, paths.root, tags, resume_run_id=resumed[0] if resumed else None) as tracker:
         ctx = RunContext(paths, tracker)
         progress = ctx.progress
         system = SystemMetrics(tracker, settings.tracking.system_metrics_interval) if settings.tracking.system_metrics else nullcontext()
         with progress.noted(tracker.run_id), system:
+            if trial:
+                trial.link(tracker.run_id)
             if not resumed:
                 _log_inputs(resolved_cfg, paths, tracker)
             seed_everything(settings.seed, settings.deterministic)
@@ -179,24 +201,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
             check_model(model, settings)  # validation did so already, unless the data came from a user's function
 
             progress.stage = "fit"
-            checkpoint = fit(model, data, training, settings.checkpoint, settings.callbacks, settings.seed, ctx, resuming=bool(resumed and resumed[2]), state_every_seconds=settings.resume_every_seconds)
+            checkpoint = fit(
+                model, data, training, settings.checkpoint, settings.callbacks, settings.seed, ctx,
+                resuming=bool(resumed and resumed[2]), state_every_seconds=settings.resume_every_seconds, trial=trial,
+            )  # fmt: skip
             progress.epoch = progress.step = None
             tracker.set_tags({"weights_sha256": weights_digest(model)})
             history = tracker.metric_histories(["loss", "accuracy", "val_loss", "val_accuracy"])
             title = f"{model.name} on {data.name}"
             tracker.background(lambda: tracker.log_files([plot_training_curves(history, paths.plots / "training_curves.png", title)]))
 
-            progress.stage = "save"
-            saved = save(model, settings.save, ctx)
-            tracker.log_keras_model(model, keras_signature(model, data.x_test[:8]))
-            progress.stage = "verify"
-            report = reload_verify(model, data, saved, checkpoint, fresh_model, settings.verify, ctx, declared=(*settings.imports, *fresh_model.declared))
-            progress.stage = "evaluate"
-            evaluate(model, data, ctx)
-            progress.stage = "register"
-            register(settings.registry, data, ctx)
+            if trial and trial.pruned:  # the study has better trials: nothing of this one is worth saving
+                tracker.set_tags({"status": PRUNED, "optuna.pruned_after": trial.pruned_after})
+            else:
+                report = _deliver(model, data, fresh_model, checkpoint, settings, ctx)
             tracker.log_metrics({"run_seconds": time.perf_counter() - start})  # the job's work, after imports
             metrics = tracker.latest_metrics()
             progress.stage = "tracking"  # what is left: waiting for the last uploads
+    if trial and trial.pruned:
+        raise trial.pruned_error(trial.pruned_after)
     log.info("done    | run %s: trained accuracy %.2f%%, outputs in %s", tracker.run_id, 100 * report.trained_accuracy, paths.root)
     return metrics

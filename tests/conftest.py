@@ -4,6 +4,8 @@ Training tests use scikit-learn's bundled digits so they run anywhere without a
 download; the tutorial test uses MNIST from MNIST_NPZ (or Keras's own cache).
 """
 
+import csv
+import io
 import os
 import re
 import shutil
@@ -185,3 +187,10 @@ def mlp_factory(input_shape: tuple, num_classes: int, hidden_units: int = 32):
     from pipeline.models import ModelFactory
 
     return ModelFactory(ModelConfig("pipeline.architectures.mlp", {"hidden_units": hidden_units}), TrainingConfig(epochs=1, batch_size=32), input_shape, num_classes)
+
+
+def sweep_report(client: MlflowClient, parent, tmp_path: Path) -> list[dict]:
+    """The rows of a sweep's report.csv, from its parent run, beside the Markdown table and the figure."""
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/report.csv", "sweep/report.md", "sweep/comparison.png"}
+    text = Path(client.download_artifacts(parent.info.run_id, "sweep/report.csv", str(tmp_path))).read_text()
+    return list(csv.DictReader(io.StringIO(text)))

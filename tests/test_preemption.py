@@ -4,8 +4,10 @@ weights, metrics, checkpoints and early stop of a run that was never interrupted
 gives no signal loses at most `resume_every_seconds` of training."""
 
 import json
+import os
 import signal
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -133,3 +135,38 @@ def test_a_kill_without_a_signal_resumes_from_the_state_kept_every_few_seconds(u
     client = client_for(tmp_path)
     (finished,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert finished.data.tags["weights_sha256"] == reference.data.tags["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_a_submitit_job_signalled_mid_training_requeues_itself_and_finishes_with_the_uninterrupted_weights(uninterrupted, tmp_path):
+    """submitit's preemption signal (SIGUSR2, sent before a SLURM job's time runs out) to the job's
+    process mid-epoch 3: the step finishes, the state is written, submitit requeues the job, and the
+    job resumes its run at the next batch, to the weights of the run that was never interrupted."""
+    _, reference_client, reference = uninterrupted
+    sweep = start_cli(["-m", "hydra/launcher=submitit_local", *LONG_EPOCHS], tmp_path)  # a sweep of one job
+    client, deadline = client_for(tmp_path), time.monotonic() + 300
+    while not (job := job_in_epoch(client, epoch=3)):
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.stdout.read()[-3000:]
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.kill(int(job.data.tags["pid"]), signal.SIGUSR2)
+    output, _ = sweep.communicate(timeout=600)
+
+    assert sweep.returncode == 0, output[-3000:]
+    (finished,) = [r for r in client.search_runs([job.info.experiment_id]) if "sweep" not in r.data.tags]  # one run throughout
+    assert finished.info.status == "FINISHED" and finished.data.tags["interrupted_by"].startswith("Interrupted: SIGUSR2 during fit, epoch 3, step ")
+    assert finished.data.tags["pid"] != job.data.tags["pid"]  # a new process: the requeued job
+    log = (Path(finished.data.tags["output_dir"]) / "pipeline.log").read_text()
+    assert "submitit requeues the job, which resumes it" in log and "continuing from epoch 3 at batch " in log
+    assert finished.data.tags["weights_sha256"] == reference.data.tags["weights_sha256"]
+    for name in ("loss", "val_loss", "batch_loss"):
+        assert history(client, finished.info.run_id, name) == history(reference_client, reference.info.run_id, name), name
+
+
+def job_in_epoch(client, epoch: int):
+    """The sweep's job run, once it has logged the epoch before `epoch`."""
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if "sweep" not in r.data.tags] if experiment else []
+    if runs and any(m.step == epoch - 2 for m in client.get_metric_history(runs[0].info.run_id, "val_loss")):
+        return runs[0]
+    return None

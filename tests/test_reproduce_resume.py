@@ -248,23 +248,38 @@ def test_crash_then_same_command_resumes_the_failed_run(uninterrupted_digest, tm
     assert sorted(p.name for p in checkpoints.glob("cp-*")) == [f"cp-{e:04d}.weights.h5" for e in range(0, 21, 4)]
 
 
+# val_loss improves by less than 0.02 in epochs 13 and 14: stopped there, with epoch 12's weights put back.
+STOPS_EARLY = ["callbacks=[early_stopping]", "callbacks.early_stopping.patience=2", "callbacks.early_stopping.min_delta=0.02", "callbacks.early_stopping.restore_best_weights=true"]
+
+
 @pytest.mark.slow
-def test_a_run_that_fails_after_training_resumes_without_training_again(uninterrupted_digest, tmpfs, tmp_path):
-    """Stopped after its last epoch (here a full disk while saving): the same command saves and verifies, and trains nothing."""
-    command = [*RESUMABLE, "hydra.run.dir=outputs/runs/crashing"]
+@pytest.mark.parametrize("stop", [[], STOPS_EARLY], ids=["trained to the end", "stopped early"])
+def test_a_run_that_fails_after_training_resumes_without_training_again(stop, uninterrupted_digest, tmpfs, tmp_path, tmp_path_factory):
+    """Stopped after its training ended (here a full disk while saving): the same command saves and
+    verifies, and trains nothing; an early stop's best weights are put back as they were."""
+    digest = uninterrupted_digest
+    if stop:
+        reference = tmp_path_factory.mktemp("reference")
+        assert run_cli(*RESUMABLE, *stop, cwd=reference).returncode == 0
+        (uninterrupted,) = client_for(reference).search_runs([client_for(reference).get_experiment_by_name(EXPERIMENT).experiment_id])
+        digest = uninterrupted.data.tags["weights_sha256"]
+    command = [*RESUMABLE, *stop, "hydra.run.dir=outputs/runs/crashing"]
     saved = tmp_path / "outputs" / "runs" / "crashing" / "saved"
     tmpfs(saved, "100k")  # model.keras is about 490 kB
-    assert run_cli(*command, cwd=tmp_path).returncode == 1
+    failed = run_cli(*command, cwd=tmp_path)
+    assert failed.returncode == 1 and ("fit     | epochs 1-14 of 20 done (stopped early)" in failed.stdout) == bool(stop)
 
     tmpfs(saved, "20m")  # space freed
     result = run_cli(*command, cwd=tmp_path)
 
     output = result.stdout + result.stderr
+    epochs = 14 if stop else 20
     assert result.returncode == 0, output[-3000:]
-    assert "restored epoch-0020.weights.h5: continuing from epoch 21" in output and "all 20 epochs were trained before the interruption" in output
+    assert f"restored epoch-{epochs:04d}.weights.h5: continuing from epoch {epochs + 1}" in output
+    assert f"the training had ended before the interruption, after epoch {epochs} of 20" in output
     assert "fit     | epoch " not in output
     (finished,) = client_for(tmp_path).search_runs([client_for(tmp_path).get_experiment_by_name(EXPERIMENT).experiment_id])
-    assert finished.info.status == "FINISHED" and finished.data.tags["weights_sha256"] == uninterrupted_digest
+    assert finished.info.status == "FINISHED" and finished.data.tags["weights_sha256"] == digest
     assert finished.data.metrics["keras/verified"] == 1.0
 
 

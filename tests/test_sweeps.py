@@ -1,8 +1,6 @@
 """Multirun sweeps through the real CLI, checked in the MLflow store: one parent run per sweep,
 one nested run per job, a sweep report, and failed jobs handled without stopping the others."""
 
-import csv
-import io
 import os
 import re
 import signal
@@ -15,7 +13,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import EXPERIMENT, PROJECT, run_cli
+from conftest import EXPERIMENT, PROJECT, run_cli, sweep_report
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +28,6 @@ def sweep_runs(cwd: Path):
     children = [r for r in runs if r is not parent]
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
     return client, parent, children
-
-
-def report(client: MlflowClient, parent, tmp_path: Path) -> list[dict]:
-    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/report.csv", "sweep/report.md", "sweep/comparison.png"}
-    text = Path(client.download_artifacts(parent.info.run_id, "sweep/report.csv", str(tmp_path))).read_text()
-    return list(csv.DictReader(io.StringIO(text)))
 
 
 def test_grid_sweep_in_parallel_is_one_parent_with_a_run_per_job(tmp_path):
@@ -56,7 +48,7 @@ def test_grid_sweep_in_parallel_is_one_parent_with_a_run_per_job(tmp_path):
     assert len({c.data.tags["pid"] for c in children}) == 2  # two worker processes shared the four jobs
     assert "Joblib" in parent.data.params["sweep.launcher"]
 
-    rows = report(client, parent, tmp_path)
+    rows = sweep_report(client, parent, tmp_path)
     assert sorted(r["job"] for r in rows) == sorted(c.info.run_name for c in children)
     by_job = {r["job"]: r for r in rows}
     assert by_job["model=mlp,save=[h5,weights]"]["h5/verified"] == "1.0" and by_job["model=mlp,save=[h5,weights]"]["keras/verified"] == ""
@@ -87,7 +79,7 @@ def test_a_failing_job_fails_alone(tmp_path):
     failed = next(c for c in children if c.info.status == "FAILED")
     assert "digits has 1797 examples" in failed.data.tags["error"]
     assert parent.info.status == "FAILED" and parent.data.metrics["sweep/failed_jobs"] == 1
-    rows = {r["job"]: r for r in report(client, parent, tmp_path)}
+    rows = {r["job"]: r for r in sweep_report(client, parent, tmp_path)}
     assert rows["data.train_size=5000"]["status"] == "FAILED" and "digits has 1797 examples" in rows["data.train_size=5000"]["error"]
     assert rows["data.train_size=100"]["status"] == "FINISHED" and float(rows["data.train_size=100"]["trained_accuracy"]) > 0
 
@@ -112,6 +104,7 @@ def test_optuna_search_nests_every_trial(tmp_path):
     assert "Optuna" in parent.data.params["sweep.sweeper"] and "model.dropout" in parent.data.params["sweep.search_space"]
     for child in children:
         assert {"training.optimizer.learning_rate=", "model.hidden_units=", "model.dropout="} <= {p.split("=")[0] + "=" for p in child.info.run_name.split(",")}
+    assert sorted(c.data.tags["optuna.trial"] for c in children) == ["0", "1", "2"] and {c.data.tags["optuna.study"] for c in children} == {"mlp-learning-rate-width-dropout"}
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").iterdir()
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(max(c.data.metrics["trained_accuracy"] for c in children))
@@ -162,7 +155,7 @@ def test_a_killed_sweep_run_again_trains_only_the_jobs_that_had_not_finished(lau
     assert len({c.data.tags["config_digest"] for c in children}) == 4  # each job's run once
     again = {c.info.run_id: c for c in children}
     assert all(again[r.info.run_id].info.end_time == r.info.end_time for r in finished)  # not run again
-    assert sorted(r["job"] for r in report(client, parent, tmp_path)) == [f"seed={seed}" for seed in range(1, 5)]
+    assert sorted(r["job"] for r in sweep_report(client, parent, tmp_path)) == [f"seed={seed}" for seed in range(1, 5)]
 
 
 def finished_jobs(client) -> list:

@@ -14,6 +14,7 @@ from pipeline.context import RunContext
 from pipeline.determinism import EpochSeeds, training_dataset
 from pipeline.errors import ArtifactError
 from pipeline.interrupts import Progress, deferred
+from pipeline.optuna_trial import OptunaTrial
 from pipeline.paths import RunPaths
 from pipeline.resume import TrainingState, build_metrics, restore
 from pipeline.stages.data import Dataset
@@ -60,6 +61,18 @@ class ProgressLog(keras.callbacks.Callback):
         if self.log_epochs:
             values = ", ".join(f"{name} {value:.4f}" for name, value in (logs or {}).items())
             log.info("fit     | epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs, values, time.perf_counter() - self._started)
+
+
+class Pruning(keras.callbacks.Callback):
+    """Stop the training after an epoch at which an Optuna trial's pruner stops the trial."""
+
+    def __init__(self, trial: OptunaTrial):
+        super().__init__()
+        self.trial = trial
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.trial.epoch_end(epoch, logs or {}):
+            self.model.stop_training = True
 
 
 class OneTraining(keras.callbacks.Callback):
@@ -144,10 +157,11 @@ def fit(
     ctx: RunContext,
     resuming: bool,
     state_every_seconds: Optional[float] = None,
+    trial: Optional[OptunaTrial] = None,
 ) -> Optional[CheckpointRecord]:
     """Train for the remaining epochs (and, resumed mid-epoch, the rest of the epoch it stopped in);
     returns the last checkpoint the policy wrote, if any. A signal stops it at a step's end, with the
-    training state written at that step."""
+    training state written at that step. An Optuna `trial`'s pruner may stop it after an epoch."""
     paths, tracker = ctx.paths, ctx.tracker
     verbosity = keras_verbosity(training.verbose)
     point = None
@@ -175,6 +189,8 @@ def fit(
     # Metrics after the callbacks that add to the logs (learning_rate); the state last, so a
     # kill between the two repeats an epoch's metrics (with the same values) rather than losing them.
     keras_callbacks.append(MlflowMetrics(tracker, linked))
+    if trial:  # after the metrics are logged, before the state: a pruned epoch is the run's last
+        keras_callbacks.append(Pruning(trial))
     keras_callbacks.append(
         TrainingState(
             paths.resume,
@@ -191,8 +207,12 @@ def fit(
     steps = math.ceil(len(data.x_train) / batch_size)
     # The rest of an epoch stopped midway, then whole epochs: one fit() each, seen by the callbacks as one training.
     parts = [(first_epoch, first_epoch + 1, first_batch), (first_epoch + 1, epochs, 0)] if first_batch else [(first_epoch, epochs, 0)]
-    parts = [(start, end, skip) for start, end, skip in parts if start < end]
-    together = OneTraining(keras_callbacks, len(parts))
+    parts = [(start, end, skip) for start, end, skip in parts if start < end and not (point and point.state.get("stopped"))]
+    together = OneTraining(keras_callbacks, max(len(parts), 1))
+    if point and not parts:  # trained to the end (or stopped early) before the interruption: only the training's end is left
+        together.set_model(model)
+        together.on_train_begin()  # the callbacks' state put back,
+        together.on_train_end()  # and acted on: EarlyStopping's best weights
     with deferred():
         for start, end, skip in parts:
             model.fit(
@@ -205,13 +225,14 @@ def fit(
                 callbacks=[together],
                 verbose=verbosity,
             )
-            if model.stop_training:  # early stopping
+            if model.stop_training:  # early stopping, or pruned
                 break
     if callbacks.tensorboard:
         tracker.log_folder(paths.tensorboard)
     latest = writer.latest if writer else None
     if parts:
-        log.info("fit     | epochs %d-%d of %d done; latest checkpoint: %s", first_epoch + 1, epochs, epochs, latest.path.name if latest else "none")
+        last, stopped = ctx.progress.epoch, " (stopped early)" if model.stop_training else ""
+        log.info("fit     | epochs %d-%d of %d done%s; latest checkpoint: %s", first_epoch + 1, last, epochs, stopped, latest.path.name if latest else "none")
     else:
-        log.info("fit     | all %d epochs were trained before the interruption", epochs)
+        log.info("fit     | the training had ended before the interruption, after epoch %d of %d", first_epoch, epochs)
     return latest

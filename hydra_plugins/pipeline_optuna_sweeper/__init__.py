@@ -1,0 +1,1 @@
+"""The Optuna sweeper: a Hydra plugin, found where Hydra looks for plugins."""
