@@ -1,9 +1,9 @@
 """The checkpoint callback: the policy in the config decides when, a save format decides how.
 
 Modelled on keras.callbacks.ModelCheckpoint, plus what it lacks: every n epochs,
-an epoch-0 checkpoint, checkpoints in any registered format (TF checkpoints keep
-`max_to_keep`), and a hook that hands every checkpoint, with the metrics it was written at,
-to MLflow as soon as it is written.
+an epoch-0 checkpoint, checkpoints in any registered format, keep policies for all of them
+(pipeline.keep decides which stay), and a hook that hands every checkpoint, with the
+metrics it was written at, to MLflow as soon as it is written.
 """
 
 import logging
@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.config import CheckpointConfig, CheckpointFormat, CheckpointPolicy, Mode
 from pipeline.errors import ConfigError
 from pipeline.formats import FORMATS, SaveFormat
+from pipeline.keep import Written, to_delete
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class CheckpointRecord:
     carries_optimizer: bool
     epoch: int  # epochs completed when it was written
     step: int  # optimizer iterations when it was written
+    value: Optional[float]  # checkpoint.monitor when it was written (its training-set twin, by batch): what keep.best ranks
     weights: list[np.ndarray]
     optimizer_variables: list[np.ndarray]
 
@@ -48,7 +50,7 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         cfg: the checkpoint config: policy, frequency, format, and what to keep.
         directory: the folder for this run's checkpoints.
         on_write: called right after each checkpoint is written, with its record, the training
-            logs it was written at, and the checkpoints the writer deleted to keep `max_to_keep`.
+            logs it was written at, and the checkpoints the keep policies then deleted.
         resumed: whether this continues an interrupted run, which wrote epoch 0 already.
     """
 
@@ -63,12 +65,13 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         self.latest: Optional[CheckpointRecord] = None
         self._epoch = 0  # set as each epoch begins
         self._best: Optional[float] = None
+        self._written: list[Written] = []  # on disk, for the keep policies
         self._writer = None
 
     def on_train_begin(self, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
         prefix, width = ("cp-step", 6) if self.by_batch else ("cp", 4)
-        self._writer = self.format.checkpoints(self.model, self.directory, prefix, width, with_optimizer=not self.cfg.weights_only, max_to_keep=self.cfg.max_to_keep)
+        self._writer = self.format.checkpoints(self.model, self.directory, prefix, width, with_optimizer=not self.cfg.weights_only)
         if self.cfg.save_initial and not self.resumed:
             self._write(epoch=0, logs={})
 
@@ -94,11 +97,12 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         return None
 
     def state(self) -> dict:
-        """What a resumed run needs to carry on the same policy: the best value so far."""
-        return {"checkpoint_best": self._best}
+        """What a resumed run needs to carry on the same policies: the best value so far, and the checkpoints on disk."""
+        return {"checkpoint_best": self._best, "checkpoints": [[w.key, w.path.name, w.value] for w in self._written]}
 
     def load_state(self, state: dict) -> None:
         self._best = state.get("checkpoint_best")
+        self._written = [Written(key, self.directory / name, value) for key, name, value in state.get("checkpoints", [])]
 
     def _improved(self, logs: dict) -> bool:
         if self.cfg.monitor not in logs:
@@ -114,7 +118,10 @@ class PolicyCheckpoint(keras.callbacks.Callback):
 
     def _write(self, epoch: int, logs: dict) -> None:
         step = self._step()
-        path = self._writer.write(step if self.by_batch else epoch)
+        key = step if self.by_batch else epoch
+        path = self._writer.write(key)
+        ranked_by = self.cfg.monitor.removeprefix("val_") if self.by_batch else self.cfg.monitor  # no validation mid-epoch
+        value = float(logs[ranked_by]) if ranked_by in logs else None
         optimizer = self.model.optimizer
         self.latest = CheckpointRecord(
             path=path,
@@ -122,7 +129,13 @@ class PolicyCheckpoint(keras.callbacks.Callback):
             carries_optimizer=self._writer.carries_optimizer and optimizer.built,  # before the first step (cp-0000) there is no state yet
             epoch=epoch,
             step=step,
+            value=value,
             weights=self.model.get_weights(),
             optimizer_variables=[v.numpy() for v in optimizer.variables] if optimizer.built else [],
         )
-        self.on_write(self.latest, logs, self._writer.removed)
+        self._written = [w for w in self._written if w.key != key] + [Written(key, path, value)]  # a resumed run may write one again
+        doomed = to_delete(self._written, self.cfg.keep, self.cfg.mode)
+        for checkpoint in doomed:
+            self._writer.remove(checkpoint.path)
+        self._written = [w for w in self._written if w not in doomed]
+        self.on_write(self.latest, logs, [w.path for w in doomed])

@@ -35,7 +35,7 @@ class CheckpointPolicy(Enum):
 
 class CheckpointFormat(Enum):
     keras = "keras"  # one Keras file per checkpoint: .weights.h5, or .keras for the whole model
-    tf_checkpoint = "tf_checkpoint"  # tf.train.CheckpointManager: index + data shards
+    tf_checkpoint = "tf_checkpoint"  # tf.train.Checkpoint: index + data shards
 
 
 class Mode(Enum):
@@ -90,19 +90,33 @@ class ModelConfig:
 
 
 @dataclass
+class KeepConfig:
+    """Which checkpoints stay on disk (pipeline.keep): any that a set policy keeps, and always the newest. None everywhere: all."""
+
+    latest: Optional[int] = None  # the newest N
+    best: Optional[int] = None  # the N best by checkpoint.monitor, in checkpoint.mode
+    every: Optional[int] = None  # each one at a multiple of K epochs (steps, for every_n_batches)
+
+    def check(self) -> None:
+        for name in ("latest", "best", "every"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, f"checkpoint.keep.{name} must be at least 1, or null for no such policy (got {value})")
+
+
+@dataclass
 class CheckpointConfig:
     policy: CheckpointPolicy = MISSING
     every: int = 1  # epochs for every_n_epochs, batches for every_n_batches
     save_initial: bool = False  # also write the untrained weights as epoch 0, as the tutorial does
     weights_only: bool = True
     format: CheckpointFormat = CheckpointFormat.keras
-    max_to_keep: int = 5  # tf_checkpoint only: tf.train.CheckpointManager deletes older ones
-    monitor: str = "val_loss"  # best_only
-    mode: Mode = Mode.min  # best_only
+    keep: KeepConfig = field(default_factory=KeepConfig)
+    monitor: str = "val_loss"  # best_only, and keep.best
+    mode: Mode = Mode.min  # best_only, and keep.best
 
     def check(self) -> None:
         require(self.every >= 1, f"checkpoint.every must be at least 1 (got {self.every})")
-        require(self.max_to_keep >= 1, f"checkpoint.max_to_keep must be at least 1 (got {self.max_to_keep})")
+        self.keep.check()
 
 
 class Quantize(Enum):
@@ -124,6 +138,8 @@ class SaveOptions:
     shuffle: bool = False  # HDF5's byte-shuffle filter before compressing: float weights often shrink more
     chunk_kib: Optional[int] = None  # target size of a dataset chunk; None lets h5py choose
     quantize: Quantize = Quantize.none  # litert only: post-training quantization, verified on accuracy
+    max_shard_size: Optional[float] = None  # weights only: GB a shard; the weights are then a folder of Keras's .weights.json and its shards
+    zipped: bool = True  # keras only: false writes the .keras archive's contents as a folder (config.json, metadata.json, model.weights.h5)
 
     @property
     def rewrites_hdf5(self) -> bool:
@@ -135,6 +151,7 @@ class SaveOptions:
         require(bool(self.filename) and "/" not in self.filename, f"{key}.filename must be a plain name (got {self.filename!r})")
         require(0 <= self.compression_level <= 9, f"{key}.compression_level must be 0-9 (got {self.compression_level})")
         require(self.chunk_kib is None or self.chunk_kib >= 1, f"{key}.chunk_kib must be at least 1 (got {self.chunk_kib})")
+        require(self.max_shard_size is None or self.max_shard_size > 0, f"{key}.max_shard_size is in GB and must be positive (got {self.max_shard_size})")
 
 
 @dataclass
@@ -199,6 +216,9 @@ class OptimizerConfig:
         require(self.learning_rate > 0, f"training.optimizer.learning_rate must be positive (got {self.learning_rate})")
 
 
+DEFAULT_STEPS_PER_EXECUTION = 16  # benchmarks/run.py: about 1.5x the examples a second of one step a call, at batch 32
+
+
 @dataclass
 class TrainingConfig:
     epochs: int = MISSING
@@ -213,9 +233,20 @@ class TrainingConfig:
     # AVX512_BF16 (benchmarks/run.py measures it); off by default, as the tutorial trains in float32.
     # (XLA's jit_compile was measured too, and was 2-7x slower here, so it is not offered.)
     mixed_precision: bool = False
+    # Training steps Keras runs in one call (compile's steps_per_execution): fewer trips from Python
+    # to TensorFlow, the same weights. None: 16, or 1 with checkpoint=every_n_batches, which writes
+    # at exact steps between calls.
+    steps_per_execution: Optional[int] = None
+
+    def steps_per_call(self, policy: "CheckpointPolicy") -> int:
+        """`steps_per_execution` as set, or the default for this checkpoint policy."""
+        if self.steps_per_execution is not None:
+            return self.steps_per_execution
+        return 1 if policy is CheckpointPolicy.every_n_batches else DEFAULT_STEPS_PER_EXECUTION
 
     def check(self) -> None:
         require(self.epochs >= 1, f"training.epochs must be at least 1 (got {self.epochs})")
+        require(self.steps_per_execution is None or self.steps_per_execution >= 1, f"training.steps_per_execution must be at least 1 (got {self.steps_per_execution})")
         require(self.batch_size >= 1, f"training.batch_size must be at least 1 (got {self.batch_size})")
         require(self.verbose in (0, 1, 2), f"training.verbose must be 0, 1 or 2 (got {self.verbose})")
 
@@ -320,6 +351,11 @@ class Config:
                 "registry.model=best needs Keras checkpoints (checkpoint.format=keras): TF checkpoints are not MLflow models; use registry.model=final",
             )
         require(self.resume_every_seconds is None or self.resume_every_seconds > 0, f"resume_every_seconds must be positive, or null for none (got {self.resume_every_seconds})")
+        require(
+            self.checkpoint.policy is not CheckpointPolicy.every_n_batches or self.training.steps_per_execution in (None, 1),
+            f"checkpoint=every_n_batches writes at exact steps, between Keras's calls, but training.steps_per_execution={self.training.steps_per_execution} "
+            "runs that many steps in one call: leave it unset (1 with this policy) or set it to 1",
+        )
         for callback in (self.callbacks.early_stopping, self.callbacks.lr_schedule, self.callbacks.reduce_lr):
             if callback is not None:
                 callback.check()

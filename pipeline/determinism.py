@@ -50,6 +50,15 @@ def training_dataset(x, y: np.ndarray, batch_size: int, seed: int, first_epoch: 
     return remaining.concatenate(later).prefetch(tf.data.AUTOTUNE)
 
 
+def validation_dataset(x, y: np.ndarray, batch_size: int):
+    """The test set in batches of the training's size, as plain `fit(x, y, batch_size=...)` validates,
+    but never below Keras's default of 32 (given a dataset to train on, Keras would validate an
+    array in batches of 32 whatever the training's). Made once, for every epoch."""
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(max(batch_size, 32)).prefetch(tf.data.AUTOTUNE)
+
+
 def seed_states(model: keras.Model) -> list:
     """The model's seed generators (dropout's): their state is not in Keras's weight files."""
     return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]

@@ -27,8 +27,10 @@ IMPORT_HINT = (
 
 
 def saved_config(path: Path) -> Optional[dict]:
-    """The model config inside a .keras zip or a whole-model .h5; None if there is none or it is unreadable."""
+    """The model config inside a .keras zip (or its unzipped folder) or a whole-model .h5; None if there is none or it is unreadable."""
     try:
+        if path.is_dir() and (path / "config.json").is_file():
+            return json.loads((path / "config.json").read_text())
         if path.suffix == ".keras":
             with zipfile.ZipFile(path) as archive:
                 return json.loads(archive.read("config.json"))

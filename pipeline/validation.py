@@ -65,6 +65,9 @@ def _check_formats(settings: Config) -> None:
         require(not missing, f"save=[{name}] needs {', '.join(missing)}, not installed: pip install 'keras-save-pipeline[deploy]' (or pip install {' '.join(missing)})")
         require(not options.rewrites_hdf5 or name in hdf5, f"save.{name}: compression and chunk_kib apply only to the HDF5 formats: {', '.join(hdf5)}")
         require(options.quantize is Quantize.none or name == "litert", f"save.{name}.quantize: quantization applies only to litert")
+        require(options.max_shard_size is None or name == "weights", f"save.{name}.max_shard_size: sharding applies only to weights")
+        require(options.max_shard_size is None or not options.rewrites_hdf5, "save.weights: max_shard_size does not combine with compression or chunk_kib (Keras writes each shard itself)")
+        require(options.zipped or name == "keras", f"save.{name}.zipped: only keras is a zip archive")
 
 
 def _peek_data(cfg: DataConfig) -> Optional[Spec]:

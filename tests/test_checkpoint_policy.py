@@ -1,13 +1,17 @@
 """The checkpoint callback on a tiny model, without a run around it, as Keras tests ModelCheckpoint."""
 
+import json
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 
 from pipeline.checkpoints import PolicyCheckpoint
-from pipeline.config import CheckpointConfig, CheckpointFormat, CheckpointPolicy, Mode
+from pipeline.config import CheckpointConfig, CheckpointFormat, CheckpointPolicy, KeepConfig, Mode
 from pipeline.errors import ConfigError
 from pipeline.formats import FORMATS
+from pipeline.keep import Written, to_delete
 
 
 @pytest.fixture
@@ -57,15 +61,15 @@ def test_every_n_batches_names_files_by_step(tiny, folder):
     assert (callback.latest.epoch, callback.latest.step, callback.latest.format) == (1, 6, FORMATS["keras"])
 
 
-def test_tf_checkpoints_keep_max_to_keep_and_carry_the_optimizer_only_when_whole(tiny, folder):
-    callback, written = train(tiny, folder, 4, policy=CheckpointPolicy.every_epoch, format=CheckpointFormat.tf_checkpoint, max_to_keep=2)
+def test_tf_checkpoints_keep_the_latest_and_carry_the_optimizer_only_when_whole(tiny, folder):
+    callback, written = train(tiny, folder, 4, policy=CheckpointPolicy.every_epoch, format=CheckpointFormat.tf_checkpoint, keep=KeepConfig(latest=2))
 
     assert [files[0] for files in written] == ["cp-1.data-00000-of-00001", "cp-2.data-00000-of-00001", "cp-3.data-00000-of-00001", "cp-4.data-00000-of-00001"]
     assert all(files[-1] == "checkpoint" for files in written)
     assert sorted(p.name for p in folder.glob("*.index")) == ["cp-3.index", "cp-4.index"]
     assert FORMATS["tf_checkpoint"].latest_checkpoint(folder) == callback.latest.path == folder / "cp-4"
     assert not callback.latest.carries_optimizer  # weights_only: the model alone
-    assert callback.removed == [[], [], ["cp-1"], ["cp-2"]]  # what max_to_keep deleted, told with each write
+    assert callback.removed == [[], [], ["cp-1"], ["cp-2"]]  # what the keep policy deleted, told with each write
 
 
 def test_best_only_writes_when_the_monitor_improves_in_its_direction(tiny, folder):
@@ -79,6 +83,39 @@ def test_best_only_writes_when_the_monitor_improves_in_its_direction(tiny, folde
         callback.on_epoch_end(epoch, {"val_accuracy": value})
 
     assert [(record.path.name, logs["val_accuracy"]) for record, logs in written] == [("cp-0001.weights.h5", 0.5), ("cp-0003.weights.h5", 0.6), ("cp-0005.weights.h5", 0.7)]
-    assert callback.state() == {"checkpoint_best": 0.7}  # what a resumed run carries on from
+    assert callback.state() == {  # what a resumed run carries on from: the best value, and what is on disk for the keep policies
+        "checkpoint_best": 0.7,
+        "checkpoints": [[1, "cp-0001.weights.h5", 0.5], [3, "cp-0003.weights.h5", 0.6], [5, "cp-0005.weights.h5", 0.7]],
+    }
     with pytest.raises(ConfigError, match="checkpoint.monitor='val_accuracy' is not a logged metric: loss"):
         callback.on_epoch_end(5, {"loss": 1.0})
+
+
+def test_keep_policies_combine_and_always_keep_the_newest():
+    written = [Written(key, Path(f"cp-{key}"), value) for key, value in [(0, None), (1, 0.9), (2, 0.5), (3, 0.7), (4, 0.6), (5, 0.8), (6, 0.95)]]
+
+    def deleted(mode=Mode.min, **keep):
+        return [w.key for w in to_delete(written, KeepConfig(**keep), mode)]
+
+    assert deleted() == []  # no policy: everything stays
+    assert deleted(latest=2) == [0, 1, 2, 3, 4]
+    assert deleted(best=2) == [0, 1, 3, 5]  # 0.5 and 0.6; the newest stays too; the untrained weights are never "best"
+    assert deleted(Mode.max, best=1) == [0, 1, 2, 3, 4, 5]  # the best is the newest
+    assert deleted(every=3) == [1, 2, 4, 5]
+    assert deleted(latest=1, best=1, every=4) == [1, 3, 5]
+
+
+def test_a_resumed_callback_goes_on_judging_the_checkpoints_of_the_earlier_session(tiny, folder):
+    model, x, y = tiny
+    cfg = CheckpointConfig(policy=CheckpointPolicy.every_epoch, keep=KeepConfig(latest=2))
+    first = PolicyCheckpoint(cfg, folder, on_write=lambda *args: None)
+    model.fit(x, y, batch_size=2, epochs=3, verbose=0, shuffle=False, callbacks=[first])
+    assert sorted(p.name for p in folder.iterdir()) == ["cp-0002.weights.h5", "cp-0003.weights.h5"]
+
+    removed = []
+    second = PolicyCheckpoint(cfg, folder, on_write=lambda record, logs, gone: removed.append([p.name for p in gone]), resumed=True)
+    second.load_state(json.loads(json.dumps(first.state())))  # through the training state's JSON
+    model.fit(x, y, batch_size=2, initial_epoch=3, epochs=5, verbose=0, shuffle=False, callbacks=[second])
+
+    assert removed == [["cp-0002.weights.h5"], ["cp-0003.weights.h5"]]
+    assert sorted(p.name for p in folder.iterdir()) == ["cp-0004.weights.h5", "cp-0005.weights.h5"]

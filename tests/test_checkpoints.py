@@ -29,19 +29,36 @@ def test_every_n_epochs_keras_weights_keeps_all(make_cfg, client, tmp_path):
     assert logged(client, only_run(client)) == expected
 
 
-def test_every_n_epochs_tf_checkpoint_keeps_max_to_keep(make_cfg, client, tmp_path):
-    run(make_cfg(*TINY, "checkpoint=every_n_epochs", "checkpoint.every=5", "checkpoint.format=tf_checkpoint", "checkpoint.max_to_keep=5", "training.epochs=50"))
+def test_every_n_epochs_tf_checkpoint_keeps_the_latest_five(make_cfg, client, tmp_path):
+    run(make_cfg(*TINY, "checkpoint=every_n_epochs", "checkpoint.every=5", "checkpoint.format=tf_checkpoint", "checkpoint.keep.latest=5", "training.epochs=50"))
 
     folder = tmp_path / "job" / "checkpoints"
     assert names(folder, "cp-*.index") == sorted(f"cp-{e}.index" for e in range(30, 51, 5))
     assert tf.train.latest_checkpoint(str(folder)) == str(folder / "cp-50")
-    # Uploaded as written: MLflow still holds the ones the manager has since deleted, and says so.
+    assert tf.train.get_checkpoint_state(str(folder)).all_model_checkpoint_paths == [str(folder / f"cp-{e}") for e in range(30, 51, 5)]
+    # Uploaded as written: MLflow still holds the ones the keep policy has since deleted, and says so.
     models = checkpoint_models(client, only_run(client))
     assert [m.tags["file"] for m in models] == [f"cp-{e}" for e in range(0, 51, 5)]
-    deleted = [m.tags["file"] for m in models if m.tags.get("local_file") == "deleted by checkpoint.max_to_keep=5"]
+    deleted = [m.tags["file"] for m in models if m.tags.get("local_file") == "deleted by checkpoint.keep (latest=5)"]
     assert deleted == [f"cp-{e}" for e in range(0, 26, 5)]
     first = {f.path for f in client.list_logged_model_artifacts(models[0].model_id)}
-    assert first == {"cp-0.index", "cp-0.data-00000-of-00001", "checkpoint"}  # with the manager's state file as it was, for tf.train.latest_checkpoint
+    assert first == {"cp-0.index", "cp-0.data-00000-of-00001", "checkpoint"}  # with the folder's state file as it was, for tf.train.latest_checkpoint
+
+
+def test_keep_policies_combine_for_keras_weights_checkpoints(make_cfg, client, tmp_path):
+    """The newest two, the best one by val_loss and every 4th epoch stay; the others are deleted from
+    disk and their LoggedModels say so. Best is read from the run's own val_loss history."""
+    run(make_cfg(*TINY, "checkpoint=every_epoch", "checkpoint.keep.latest=2", "checkpoint.keep.best=1", "checkpoint.keep.every=4", "training.epochs=10"))
+
+    source = only_run(client)
+    losses = {m.step + 1: m.value for m in client.get_metric_history(source.info.run_id, "val_loss")}
+    best = min(losses, key=losses.get)
+    kept = sorted({9, 10, best, 4, 8})
+    assert names(tmp_path / "job" / "checkpoints", "cp-*") == [f"cp-{e:04d}.weights.h5" for e in kept]
+    models = checkpoint_models(client, source)
+    assert [m.tags["file"] for m in models] == [f"cp-{e:04d}.weights.h5" for e in range(1, 11)]  # all uploaded as written
+    deleted = {int(m.tags["epoch"]) for m in models if m.tags.get("local_file") == "deleted by checkpoint.keep (latest=2, best=1, every=4)"}
+    assert deleted == set(range(1, 11)) - set(kept)
 
 
 def test_every_n_batches_names_by_step(make_cfg, client, tmp_path):

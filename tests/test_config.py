@@ -51,6 +51,9 @@ def test_groups_are_overridable(make_cfg):
         ("training.optimizer.name=adamm", "training.optimizer.name='adamm' is not a Keras optimizer: adadelta"),
         ("model=custom model._target_=nope.missing", "model._target_=nope.missing: no module named 'nope'; is its folder on PYTHONPATH?"),
         ("model=custom", "model._target_ is not set: give it on the command line, e.g. model._target_=..."),
+        ("training.steps_per_execution=0", "training.steps_per_execution must be at least 1 (got 0)"),
+        ("checkpoint=every_n_batches training.steps_per_execution=4", "checkpoint=every_n_batches writes at exact steps, between Keras's calls, but training.steps_per_execution=4"),
+        ("checkpoint.keep.best=0", "checkpoint.keep.best must be at least 1, or null for no such policy (got 0)"),
     ],
 )
 def test_bad_values_are_refused(override, message, make_cfg, tmp_path):

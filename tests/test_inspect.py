@@ -4,6 +4,7 @@ code in a model is refused unless trusted, and a missing custom class is named."
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -195,6 +196,52 @@ def test_compression_is_refused_for_formats_that_are_not_hdf5(make_cfg):
 
     with pytest.raises(ConfigError, match="save.keras: compression and chunk_kib apply only to the HDF5 formats: h5, weights"):
         validate(make_cfg("save=[keras]", "save.keras.compression=gzip"))
+
+
+def test_sharded_weights_and_an_unzipped_keras_folder_verify_and_are_logged_as_folders(make_cfg, client, tmp_path, capsys):
+    """Keras's sharded weights (a .weights.json and its shards, each at most 0.2 MB here) and the
+    .keras contents as a folder: both reload-verify, inspect reads both, MLflow holds both folders."""
+    metrics = run(make_cfg("data=digits", "training.epochs=2", "checkpoint=none", "save=[weights,keras]", "save.weights.max_shard_size=0.0002", "save.keras.zipped=false"))
+
+    assert metrics["weights/verified"] == metrics["keras/verified"] == 1.0
+    sharded, unzipped = tmp_path / "job" / "saved" / "weights" / "model.weights", tmp_path / "job" / "saved" / "keras" / "model"
+    shards = sorted(p.name for p in sharded.glob("model_*.weights.h5"))
+    assert len(shards) >= 3 and all((sharded / s).stat().st_size <= 0.0002 * 1024**3 * 1.1 for s in shards)  # 38,410 weights and their Adam moments
+    assert sorted(p.name for p in unzipped.iterdir() if p.is_file()) == ["config.json", "metadata.json", "model.weights.h5"]  # and Keras's assets/
+    run_id = only_run(client).info.run_id
+    assert {a.path for a in client.list_artifacts(run_id, "saved/weights/model.weights")} == {f"saved/weights/model.weights/{n}" for n in ["model.weights.json", *shards]}
+    assert {a.path for a in client.list_artifacts(run_id, "saved/keras/model") if not a.is_dir} == {f"saved/keras/model/{n}" for n in ("config.json", "metadata.json", "model.weights.h5")}
+    info = inspect_artifact(sharded)
+    assert info["format"] == "weights" and list(info["shards"]) == shards and info["values"] > 2 * 38410  # weights and the optimizer's moments
+    assert inspect_artifact(unzipped)["format"] == "keras" and inspect_artifact(unzipped)["code"] == []
+    text = inspect_text(capsys, unzipped, "--load")
+    assert "loaded: class Sequential, layers 4, parameters 38410, optimizer Adam" in text
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["save=[h5]", "save.h5.max_shard_size=1"], "save.h5.max_shard_size: sharding applies only to weights"),
+        (["save=[weights]", "save.weights.max_shard_size=1", "save.weights.compression=gzip"], "save.weights: max_shard_size does not combine with compression or chunk_kib"),
+        (["save=[weights]", "save.weights.max_shard_size=0"], "save.weights.max_shard_size is in GB and must be positive (got 0.0)"),
+        (["save=[h5]", "save.h5.zipped=false"], "save.h5.zipped: only keras is a zip archive"),
+    ],
+)
+def test_sharding_and_unzipping_are_refused_where_they_do_not_apply(make_cfg, overrides, message):
+    """Before anything starts; a shard size below the largest variable only Keras can tell (test below)."""
+    from pipeline.errors import ConfigError
+    from pipeline.validation import validate
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(make_cfg(*overrides))
+
+
+def test_a_shard_smaller_than_a_variable_fails_the_run_in_one_line(make_cfg, client):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape("save.weights.max_shard_size=0.0001 GB is smaller than a variable of the model: The size of 0 is 128.00 KB")):
+        run(make_cfg("data=digits", "training.epochs=1", "checkpoint=none", "save=[weights]", "save.weights.max_shard_size=0.0001"))
+    assert only_run(client).info.status == "FAILED"
 
 
 # --- trust ------------------------------------------------------------------------------------

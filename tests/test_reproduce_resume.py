@@ -283,6 +283,18 @@ def test_a_run_that_fails_after_training_resumes_without_training_again(stop, un
     assert finished.data.metrics["keras/verified"] == 1.0
 
 
+def test_steps_per_execution_changes_speed_not_weights(make_cfg, client, tmp_path):
+    """Keras's calls of several steps (7 here: epochs end mid-call) give the weights and metrics of one step a call."""
+    for steps in (1, 7):
+        run(make_cfg(*QUICK, f"training.steps_per_execution={steps}", f"paths.output_dir={tmp_path / str(steps)}"))
+
+    one, seven = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], order_by=["attributes.start_time ASC"])
+    assert one.data.params["training.steps_per_execution"] == "1" and seven.data.params["training.steps_per_execution"] == "7"
+    assert one.data.tags["weights_sha256"] == seven.data.tags["weights_sha256"]
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert history(client, one.info.run_id, name) == history(client, seven.info.run_id, name)
+
+
 def test_explicit_resume_refuses_a_different_config(make_cfg, client, tmp_path):
     run(make_cfg(*QUICK))
     source = only_run(client)
@@ -294,7 +306,7 @@ def test_explicit_resume_refuses_a_different_config(make_cfg, client, tmp_path):
 
 
 def test_resume_uploads_what_a_killed_session_had_staged(make_cfg, client, tmp_path):
-    """A checkpoint queued for upload and then rotated away by `max_to_keep` before a kill exists
+    """A checkpoint queued for upload and then deleted by a keep policy before a kill exists
     only in the staging folder; the resumed session sends it."""
     run(make_cfg(*QUICK))
     run_id = only_run(client).info.run_id

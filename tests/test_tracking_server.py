@@ -84,11 +84,11 @@ def checkpoint_epochs(files) -> set[int]:
 
 
 def test_server_gone_mid_run_keeps_everything_and_sync_uploads_it_later(tmp_path):
-    """TF checkpoints with max_to_keep=5: the ones rotated away after the server went are kept
+    """TF checkpoints keeping the latest 5: the ones deleted after the server went are kept
     staged for `sync`, so between the two servers every checkpoint written arrives."""
     process, url = start_server(tmp_path / "first")
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    command = [sys.executable, "-m", "pipeline", *SMALL, "training.epochs=25", "checkpoint.format=tf_checkpoint", f"tracking.uri={url}"]
+    command = [sys.executable, "-m", "pipeline", *SMALL, "training.epochs=25", "checkpoint.format=tf_checkpoint", "checkpoint.keep.latest=5", f"tracking.uri={url}"]
     job = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         while not list(tmp_path.glob("outputs/runs/*/checkpoints/cp-3.index")):

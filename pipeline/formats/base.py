@@ -63,12 +63,12 @@ def raw_state_bytes(model, with_optimizer: bool) -> int:
 
 class Checkpoints:
     """Training checkpoints in one folder, one file each, named `{prefix}-{number}` (zero-padded
-    to `width`) and written atomically. Every file is kept; the checkpoint policy decides when to write."""
+    to `width`) and written atomically. The checkpoint policy decides when to write, the keep
+    policies which to remove."""
 
     def __init__(self, fmt: "SaveFormat", model, directory: Path, prefix: str, width: int):
         self.format, self.model, self.directory, self.prefix, self.width = fmt, model, directory, prefix, width
         self.carries_optimizer = fmt.carries_optimizer
-        self.removed: list[Path] = []  # checkpoints deleted by the last write; this writer keeps every file
 
     def write(self, number: int) -> Path:
         """Write the model's current state; returns the checkpoint's path."""
@@ -76,6 +76,10 @@ class Checkpoints:
         with atomic_path(path) as temporary:
             self.format.save(self.model, temporary)
         return path
+
+    def remove(self, path: Path) -> None:
+        for file in self.format.files(path):
+            file.unlink(missing_ok=True)
 
 
 class SaveFormat:
@@ -153,7 +157,7 @@ class SaveFormat:
         found = sorted(directory.glob(f"cp-*{self.suffix}"))
         return found[-1] if found else None
 
-    def checkpoints(self, model, directory: Path, prefix: str, width: int, with_optimizer: bool, max_to_keep: int) -> Checkpoints:
+    def checkpoints(self, model, directory: Path, prefix: str, width: int, with_optimizer: bool) -> Checkpoints:
         """Where training checkpoints of `model` in this format are written. Keras files always hold
-        the optimizer and are all kept; formats that can do otherwise override this."""
+        the optimizer; formats that can do otherwise override this."""
         return Checkpoints(self, model, directory, prefix, width)

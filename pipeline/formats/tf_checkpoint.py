@@ -1,10 +1,10 @@
-"""TF checkpoints: `tf.train.Checkpoint` index and data shards, written by `tf.train.CheckpointManager`."""
+"""TF checkpoints: `tf.train.Checkpoint` index and data shards, and the folder's `checkpoint` state file."""
 
 from pathlib import Path
 from typing import Optional
 
 from pipeline.errors import ArtifactError
-from pipeline.files import files_under
+from pipeline.files import atomic_path, files_under
 from pipeline.formats.base import LoadContext, Restored, SaveFormat, build_optimizer, keras_restored
 
 
@@ -44,21 +44,38 @@ def render_variables(variables: list[dict]) -> list[str]:
 
 
 class ManagedCheckpoints:
-    """Training checkpoints through `tf.train.CheckpointManager`, which keeps the newest `max_to_keep`."""
+    """Training checkpoints as `tf.train.Checkpoint` prefixes (`cp-5.index`, `cp-5.data-*`), listed
+    in the folder's `checkpoint` state file as `tf.train.CheckpointManager` lists them, so
+    `tf.train.latest_checkpoint` finds the newest; the keep policies decide which stay."""
 
-    def __init__(self, model, directory: Path, prefix: str, with_optimizer: bool, max_to_keep: int):
+    def __init__(self, model, directory: Path, prefix: str, with_optimizer: bool):
         import tensorflow as tf
 
         self.carries_optimizer = with_optimizer
-        self.removed: list[Path] = []
-        self._manager = tf.train.CheckpointManager(object_graph(model, with_optimizer), str(directory), max_to_keep=max_to_keep, checkpoint_name=prefix)
+        self.directory, self.prefix = directory, prefix
+        self._checkpoint = object_graph(model, with_optimizer)
+        state = tf.train.get_checkpoint_state(str(directory))  # a resumed run's earlier checkpoints stay listed
+        self._listed = [Path(p).name for p in (state.all_model_checkpoint_paths if state else []) if Path(p + ".index").exists()]
 
     def write(self, number: int) -> Path:
-        """Write a checkpoint; `removed` then lists the ones the manager deleted to keep `max_to_keep`."""
-        before = set(self._manager.checkpoints)
-        path = Path(self._manager.save(checkpoint_number=number))
-        self.removed = [Path(prefix) for prefix in sorted(before - set(self._manager.checkpoints))]
-        return path
+        name = f"{self.prefix}-{number}"
+        self._checkpoint.write(str(self.directory / name))
+        self._listed = [n for n in self._listed if n != name] + [name]
+        self._record()
+        return self.directory / name
+
+    def remove(self, path: Path) -> None:
+        for file in path.parent.glob(path.name + ".*"):
+            file.unlink(missing_ok=True)
+        self._listed = [n for n in self._listed if n != path.name]
+        self._record()
+
+    def _record(self) -> None:
+        """The folder's `checkpoint` file: TensorFlow's CheckpointState text proto, as the manager
+        writes it, with names relative to the folder so that it can move."""
+        lines = [f'model_checkpoint_path: "{self._listed[-1]}"', *(f'all_model_checkpoint_paths: "{name}"' for name in self._listed)]
+        with atomic_path(self.directory / "checkpoint") as temporary:
+            temporary.write_text("\n".join(lines) + "\n")
 
 
 class TFCheckpointFormat(SaveFormat):
@@ -70,7 +87,8 @@ class TFCheckpointFormat(SaveFormat):
     looks_like = "a TF checkpoint (folder or prefix)"
 
     def save(self, model, path: Path) -> None:
-        ManagedCheckpoints(model, path, "ckpt", with_optimizer=True, max_to_keep=1).write(1)
+        path.mkdir(parents=True, exist_ok=True)
+        ManagedCheckpoints(model, path, "ckpt", with_optimizer=True).write(1)
 
     def load(self, path: Path, ctx: LoadContext) -> Restored:
         """Restore the newest checkpoint in a folder, or the one a prefix names, into a fresh model."""
@@ -107,5 +125,5 @@ class TFCheckpointFormat(SaveFormat):
         prefix = tf.train.latest_checkpoint(str(directory))
         return Path(prefix) if prefix else None
 
-    def checkpoints(self, model, directory: Path, prefix: str, width: int, with_optimizer: bool, max_to_keep: int) -> ManagedCheckpoints:
-        return ManagedCheckpoints(model, directory, prefix, with_optimizer, max_to_keep)
+    def checkpoints(self, model, directory: Path, prefix: str, width: int, with_optimizer: bool) -> ManagedCheckpoints:
+        return ManagedCheckpoints(model, directory, prefix, with_optimizer)

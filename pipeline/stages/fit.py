@@ -11,7 +11,7 @@ import keras
 from pipeline.checkpoints import CheckpointRecord, PolicyCheckpoint
 from pipeline.config import CallbacksConfig, CheckpointConfig, CheckpointPolicy, TrainingConfig
 from pipeline.context import RunContext
-from pipeline.determinism import EpochSeeds, training_dataset
+from pipeline.determinism import EpochSeeds, training_dataset, validation_dataset
 from pipeline.errors import ArtifactError
 from pipeline.interrupts import Progress, deferred
 from pipeline.optuna_trial import OptunaTrial
@@ -76,10 +76,10 @@ class Pruning(keras.callbacks.Callback):
 
 
 class OneTraining(keras.callbacks.Callback):
-    """Callbacks that see a training fit() runs in parts as one: a run resumed mid-epoch trains the
-    rest of that epoch, then the other epochs, in two fit() calls. Only the first part's beginning
-    and the last part's end are passed on, so EarlyStopping neither resets its patience nor puts
-    back its best weights halfway; the rest of the hooks pass through."""
+    """Callbacks that see a training fit() runs in parts as one: each epoch (or the rest of an
+    epoch stopped midway) is its own fit() call. Only the first part's beginning and the last
+    part's end are passed on, so EarlyStopping neither resets its patience nor puts back its best
+    weights halfway; the rest of the hooks pass through."""
 
     def __init__(self, callbacks: list, parts: int):
         super().__init__()
@@ -111,6 +111,17 @@ class OneTraining(keras.callbacks.Callback):
 
 for _hook in ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end", "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end"):
     setattr(OneTraining, _hook, lambda self, *args, _hook=_hook, **kwargs: self._each(_hook, *args, **kwargs))
+
+
+class WholeTrainingProgbar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar, counting the epochs of the whole training (`Epoch 3/10`), not of the one-epoch fit() it is in."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.total = epochs
+
+    def set_params(self, params):
+        super().set_params({**params, "epochs": self.total})
 
 
 def keras_verbosity(verbose: int) -> int:
@@ -205,24 +216,28 @@ def fit(
 
     epochs, batch_size = training.epochs, training.batch_size
     steps = math.ceil(len(data.x_train) / batch_size)
-    # The rest of an epoch stopped midway, then whole epochs: one fit() each, seen by the callbacks as one training.
-    parts = [(first_epoch, first_epoch + 1, first_batch), (first_epoch + 1, epochs, 0)] if first_batch else [(first_epoch, epochs, 0)]
-    parts = [(start, end, skip) for start, end, skip in parts if start < end and not (point and point.state.get("stopped"))]
+    model.steps_per_execution = training.steps_per_call(checkpoint.policy)  # compile's, for user models that compile themselves too
+    # One fit() an epoch (the rest of it, for one stopped midway), seen by the callbacks as one
+    # training: Keras's calls of several steps then end where the epoch does, never taking the
+    # next epoch's first batches, so the weights are those of one step a call.
+    stopped = bool(point and point.state.get("stopped"))
+    parts = [] if stopped else [(epoch, first_batch if epoch == first_epoch else 0) for epoch in range(first_epoch, epochs)]
     together = OneTraining(keras_callbacks, max(len(parts), 1))
     if point and not parts:  # trained to the end (or stopped early) before the interruption: only the training's end is left
         together.set_model(model)
         together.on_train_begin()  # the callbacks' state put back,
         together.on_train_end()  # and acted on: EarlyStopping's best weights
+    validation = validation_dataset(data.x_test, data.y_test, batch_size)
     with deferred():
-        for start, end, skip in parts:
+        for epoch, skip in parts:
             model.fit(
-                training_dataset(data.x_train, data.y_train, batch_size, seed, start, end, first_batch=skip),
+                training_dataset(data.x_train, data.y_train, batch_size, seed, epoch, epoch + 1, first_batch=skip),
                 steps_per_epoch=steps - skip,
-                initial_epoch=start,
+                initial_epoch=epoch,
                 shuffle=False,  # training_dataset shuffles, per epoch
-                epochs=end,
-                validation_data=(data.x_test, data.y_test),
-                callbacks=[together],
+                epochs=epoch + 1,
+                validation_data=validation,
+                callbacks=[together, *([WholeTrainingProgbar(epochs)] if verbosity else [])],
                 verbose=verbosity,
             )
             if model.stop_training:  # early stopping, or pruned

@@ -7,8 +7,8 @@ written linked by `model_id`. The best so far by the policy's `monitor` carries 
 with the Keras flavor; TF checkpoints carry their files alone.
 
 Every MLflow call runs on the tracker's thread. The files are hard-linked the moment they
-are written, so a checkpoint that `max_to_keep` deletes before its upload still arrives;
-its LoggedModel is then tagged `local_file=deleted by max_to_keep`, not silently missing.
+are written, so a checkpoint that the keep policies delete before its upload still arrives;
+its LoggedModel is then tagged `local_file=deleted by checkpoint.keep (latest=2)`, not silently missing.
 """
 
 import hashlib
@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.checkpoints import CheckpointRecord
 from pipeline.config import CheckpointConfig, CheckpointPolicy, Mode
+from pipeline.keep import describe
 from pipeline.tracking.logged_model import checkpoint_model_folder, keras_model_folder, log_model_folder
 from pipeline.tracking.tracker import Tracker
 
@@ -93,7 +94,7 @@ class CheckpointModels:
         key = record.step if self.by_batch else record.epoch
         metrics = {f"batch_{k}": v for k, v in logs.items()} if self.by_batch else dict(logs)
         name = f"checkpoint-step-{record.step:06d}" if self.by_batch else f"checkpoint-epoch-{record.epoch:04d}"
-        self.tracker.remote(f"logging {name}", lambda: self._log(record, name, key, staged, batch, metrics.get(self.monitor)))
+        self.tracker.remote(f"logging {name}", lambda: self._log(record, name, key, staged, batch, record.value))
         if self.by_batch and metrics:  # epoch metrics are logged, and linked to it, by the metrics callback
             self.tracker.log_metrics(metrics, step=record.step, model=lambda: self.at(key))
         for path in removed:
@@ -122,7 +123,7 @@ class CheckpointModels:
 
     def _mark_deleted(self, name: str) -> None:
         if name in self._names:
-            self.tracker.client.set_logged_model_tags(self._names[name], {"local_file": f"deleted by checkpoint.max_to_keep={self.cfg.max_to_keep}"})
+            self.tracker.client.set_logged_model_tags(self._names[name], {"local_file": f"deleted by checkpoint.keep ({describe(self.cfg.keep)})"})
 
     def _recall(self) -> None:
         client = self.tracker.client
