@@ -35,6 +35,11 @@ IMPORT_NOISE = (
     "TF-TRT Warning",
 )
 
+# TensorFlow's warning when a Python function is traced again and again. A job makes new models on
+# purpose (the trained one, one per artifact it loads back), each with its own tf.functions, and a
+# sweep's jobs in one process make more: the warning is about that, and there is nothing to act on.
+RETRACING = "triggered tf.function retracing"
+
 # Loggers whose INFO lines are the libraries' own business; their warnings and errors still show.
 CHATTY_LOGGERS = ("mlflow", "alembic", "tensorflow", "absl", "h5py", "urllib3", "matplotlib", "numexpr", "tf2onnx")
 

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import Config
-from pipeline.console import move_log_file
+from pipeline.console import RETRACING, move_log_file, without
 from pipeline.context import RunContext
 from pipeline.determinism import seed_everything
 from pipeline.errors import PipelineError
@@ -180,7 +180,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         continue_in(paths.root, f"resume  | resuming in {paths.root}" if resumed[2] else f"resume  | starting over in {paths.root}: the sweep's run of this job stopped before its first training state")
     tags = {**run_tags(settings, digest, paths.root), **(trial.tags() if trial else {})}
     tracking = dataclasses.replace(settings.tracking, run_name=settings.tracking.run_name or default_run_name(settings))
-    with tracked_run(client, experiment_id, tracking, paths.root, tags, resume_run_id=resumed[0] if resumed else None) as tracker:
+    with tracked_run(client, experiment_id, tracking, paths.root, tags, resume_run_id=resumed[0] if resumed else None) as tracker, without("tensorflow", RETRACING):
         ctx = RunContext(paths, tracker)
         progress = ctx.progress
         system = SystemMetrics(tracker, settings.tracking.system_metrics_interval) if settings.tracking.system_metrics else nullcontext()

@@ -87,8 +87,15 @@ def _check_model(settings: Config, spec: Optional[Spec]) -> None:
     if spec is None:
         model_builder(settings.model)
         return
+    key = repr((settings.model, settings.training, spec, sorted(saved_formats(settings))))
+    if key in _MODELS_CHECKED:  # a job is validated twice (before Hydra starts it, then by the task): one build
+        return
     check_model(ModelFactory(settings.model, settings.training, spec.input_shape, spec.num_classes)(), settings)
     keras.backend.clear_session()  # layer names count from zero again for the run's own model
+    _MODELS_CHECKED.add(key)
+
+
+_MODELS_CHECKED: set[str] = set()
 
 
 def saved_formats(settings: Config) -> dict:

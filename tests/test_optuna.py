@@ -122,7 +122,7 @@ def test_a_killed_search_run_again_continues_to_n_trials(tmp_path):
     env.pop("MLFLOW_TRACKING_URI", None)
     search = subprocess.Popen([sys.executable, "-m", "pipeline", *command], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     journal, deadline = tmp_path / "outputs" / "optuna" / "mlp-learning-rate-width-dropout.journal", time.monotonic() + 600
-    while not journal.exists() or [t.state for t in load_study(tmp_path, "mlp-learning-rate-width-dropout").get_trials()][:4] != [TrialState.COMPLETE] * 3 + [TrialState.RUNNING]:
+    while not journal.exists() or not started_fourth(load_study(tmp_path, "mlp-learning-rate-width-dropout").get_trials()):
         assert search.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     os.killpg(search.pid, signal.SIGKILL)
@@ -151,6 +151,12 @@ def test_a_killed_search_run_again_continues_to_n_trials(tmp_path):
         assert run.data.params["model.hidden_units"] == str(trial.params["model.hidden_units"])
 
 
+def started_fourth(trials) -> bool:
+    """Three trials done and the fourth running with its values drawn (a trial killed while they
+    are being drawn draws the rest when it runs again)."""
+    return [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.RUNNING] and len(trials[3].params) == 3
+
+
 @pytest.mark.slow
 def test_the_pruner_stops_poor_trials_after_an_epoch(tmp_path):
     """Built to prune: half the learning rates cannot learn in four epochs, the median pruner
@@ -162,6 +168,7 @@ def test_the_pruner_stops_poor_trials_after_an_epoch(tmp_path):
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
+    assert "retracing" not in output  # five jobs' models in one process: TensorFlow's warning about it is not the user's to act on
 
     trials = load_study(tmp_path, "pipeline").get_trials()
     pruned = [t for t in trials if t.state is TrialState.PRUNED]

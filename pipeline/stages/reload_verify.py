@@ -9,7 +9,6 @@ Any artifact that does not round-trip fails the run.
 import json
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -32,24 +31,6 @@ from pipeline.stages.save import SavedArtifact
 from pipeline.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
-
-
-class _DropRetracingWarnings(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "triggered tf.function retracing" not in record.getMessage()
-
-
-@contextmanager
-def _expected_retracing():
-    """Every artifact is loaded into a fresh model with a predict function of its own, so
-    TensorFlow's "triggered tf.function retracing" warning is what this stage is, not a problem.
-    (Also a decorator, as any contextmanager.)"""
-    quiet, tensorflow_log = _DropRetracingWarnings(), logging.getLogger("tensorflow")
-    tensorflow_log.addFilter(quiet)
-    try:
-        yield
-    finally:
-        tensorflow_log.removeFilter(quiet)
 
 
 # The evaluation stage, which runs next, writes these beside the report's folder.
@@ -267,7 +248,6 @@ def reload_verify(
     return report
 
 
-@_expected_retracing()
 def verify_saved(model: keras.Model, data: Dataset, saved: list[SavedArtifact], loading: LoadContext, cfg: VerifyConfig, root: Path) -> Report:
     """Every saved artifact against the trained model, and with `cfg.browser` the `.onnx` in a
     browser too; paths in the report are relative to `root`. It records nothing: `reload_verify`
@@ -293,7 +273,6 @@ def verify_saved(model: keras.Model, data: Dataset, saved: list[SavedArtifact], 
     return report
 
 
-@_expected_retracing()
 def _verify_checkpoint(record: CheckpointRecord, fresh_model, loading: LoadContext, data: Dataset, atol: float, paths: RunPaths) -> Check:
     """The newest checkpoint on disk, found as a user would find it, must be the last one
     written and must hold the state it was written from."""

@@ -78,10 +78,13 @@ class CheckpointModels:
             tracker.remote("finding the run's checkpoints", self._recall)
 
     def prepare(self, model, signature, format_name: str) -> None:
-        """Write the run's MLflow model folder once, before training: each Keras checkpoint's
-        LoggedModel is that folder with the checkpoint's file in place of the model's."""
+        """Write the run's MLflow model folder once: each Keras checkpoint's LoggedModel is that
+        folder with the checkpoint's file in place of the model's. It is written on the tracking
+        thread, before any checkpoint is logged there, while training starts (a second of MLflow's
+        Keras flavor); only its config and MLflow's files are used, never the weights it holds."""
         if format_name in KERAS_FLAVORED:
-            self._template = keras_model_folder(model, signature, self.tracker.stage_for_model([]) / "template")
+            folder = self.tracker.stage_for_model([]) / "template"
+            self.tracker.remote("writing the run's MLflow model folder", lambda: setattr(self, "_template", keras_model_folder(model, signature, folder)))
 
     def at(self, key: int) -> Optional[str]:
         """The LoggedModel written at this epoch (step, by batch), once logged; asked on the tracking thread."""

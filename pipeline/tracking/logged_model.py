@@ -40,10 +40,13 @@ class LoggedKerasModel:
 
 
 def keras_signature(model, x_sample):
-    """The model's input and output schema, from a few real examples: what serving checks requests against."""
+    """The model's input and output schema, from a few real examples: what serving checks requests against.
+    (A direct call, not `predict`: that traces a new function per model, and a sweep's jobs in one
+    process would have TensorFlow warn of retracing.)"""
+    import keras
     from mlflow.models import infer_signature
 
-    return infer_signature(x_sample, model.predict(x_sample, verbose=0))
+    return infer_signature(x_sample, keras.ops.convert_to_numpy(model(x_sample, training=False)))
 
 
 def keras_model_folder(model, signature, folder: Path) -> Path:
