@@ -120,8 +120,7 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         step = self._step()
         key = step if self.by_batch else epoch
         path = self._writer.write(key)
-        ranked_by = self.cfg.monitor.removeprefix("val_") if self.by_batch else self.cfg.monitor  # no validation mid-epoch
-        value = float(logs[ranked_by]) if ranked_by in logs else None
+        value = float(logs[self.cfg.ranked_by]) if self.cfg.ranked_by in logs else None
         optimizer = self.model.optimizer
         self.latest = CheckpointRecord(
             path=path,

@@ -114,6 +114,12 @@ class CheckpointConfig:
     monitor: str = "val_loss"  # best_only, and keep.best
     mode: Mode = Mode.min  # best_only, and keep.best
 
+    @property
+    def ranked_by(self) -> str:
+        """The logged metric checkpoints are ranked by: `monitor`, or by batch, where there is no
+        validation yet, its training-set twin (`loss` for `val_loss`)."""
+        return self.monitor.removeprefix("val_") if self.policy is CheckpointPolicy.every_n_batches else self.monitor
+
     def check(self) -> None:
         require(self.every >= 1, f"checkpoint.every must be at least 1 (got {self.every})")
         self.keep.check()

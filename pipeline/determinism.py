@@ -22,32 +22,33 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % 2**31
 
 
-def training_dataset(x, y: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int, first_batch: int = 0):
-    """All remaining epochs as one tf.data stream, each epoch shuffled by its own seed;
-    `first_batch` batches of the first epoch are left out (they were trained before a resume).
+class TrainingEpochs:
+    """The training set, one tf.data stream an epoch, each shuffled by (seed, epoch) alone.
 
-    Keras's own shuffling draws from one generator for the whole fit, so a resumed
-    run would see different batches; here epoch e's order depends only on (seed, e).
-    Each epoch is one gather into a shuffled copy, then plain slices: cheaper per
-    step than a shuffle buffer or a gather per batch. Batches are prepared ahead.
-    `x` is an array, or files with a `decode` (pipeline.datasets.ImageFiles): then the
+    Keras's own shuffling draws from one generator for the whole fit, so a resumed run would
+    see different batches; here epoch e's order depends only on (seed, e). Each epoch is one
+    gather into a shuffled copy, then plain slices: cheaper per step than a shuffle buffer or
+    a gather per batch. Batches are prepared ahead. The arrays become tensors once, for every
+    epoch. `x` is an array, or files with a `decode` (pipeline.datasets.ImageFiles): then the
     paths are shuffled, and each is decoded as its batch is made, in order.
     """
-    import tensorflow as tf
 
-    decode = getattr(x, "decode", None)
-    features, labels = tf.constant(x.paths if decode else x), tf.constant(y)
+    def __init__(self, x, y: np.ndarray, batch_size: int, seed: int):
+        import tensorflow as tf
 
-    def one_epoch(epoch):  # a stateless shuffle: the order is a function of (seed, epoch) alone, whatever the global seed
-        order = tf.random.experimental.stateless_shuffle(tf.range(len(x), dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        examples = tf.data.Dataset.from_tensor_slices((tf.gather(features, order), tf.gather(labels, order)))
-        if decode:
-            examples = examples.map(lambda path, label: (decode(path), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return examples.batch(batch_size)
+        self.decode = getattr(x, "decode", None)
+        self.features, self.labels = tf.constant(x.paths if self.decode else x), tf.constant(y)
+        self.size, self.batch_size, self.seed = len(x), batch_size, seed
 
-    remaining = one_epoch(tf.constant(first_epoch, tf.int64)).skip(first_batch)
-    later = tf.data.Dataset.range(first_epoch + 1, epochs).flat_map(one_epoch)
-    return remaining.concatenate(later).prefetch(tf.data.AUTOTUNE)
+    def epoch(self, epoch: int, first_batch: int = 0):
+        """Epoch `epoch`'s batches; `first_batch` of them left out (they were trained before a resume)."""
+        import tensorflow as tf
+
+        order = tf.random.experimental.stateless_shuffle(tf.range(self.size, dtype=tf.int64), seed=tf.constant([self.seed, epoch], tf.int64))
+        examples = tf.data.Dataset.from_tensor_slices((tf.gather(self.features, order), tf.gather(self.labels, order)))
+        if self.decode:
+            examples = examples.map(lambda path, label: (self.decode(path), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return examples.batch(self.batch_size).skip(first_batch).prefetch(tf.data.AUTOTUNE)
 
 
 def validation_dataset(x, y: np.ndarray, batch_size: int):

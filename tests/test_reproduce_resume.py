@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import EXPERIMENT, PROJECT, assert_only_pipeline_lines, only_run, run_cli
-from pipeline.determinism import training_dataset
+from pipeline.determinism import TrainingEpochs
 from pipeline.errors import ConfigError
 from pipeline.files import atomic_path
 from pipeline.resume import saved_states
@@ -78,8 +78,9 @@ def test_run_records_what_recreating_it_needs(make_cfg, client, tmp_path):
 def test_each_epochs_order_depends_only_on_seed_and_epoch(seed):
     """So a run resumed at epoch 1 sees the batches an uninterrupted run saw; seed 0 included."""
     x, y = np.arange(20, dtype="float32").reshape(10, 2), np.arange(10)
-    whole = [labels.numpy().tolist() for _, labels in training_dataset(x, y, 4, seed, first_epoch=0, epochs=3)]
-    resumed = [labels.numpy().tolist() for _, labels in training_dataset(x, y, 4, seed, first_epoch=1, epochs=3)]
+    epochs = TrainingEpochs(x, y, 4, seed)
+    whole = [labels.numpy().tolist() for epoch in range(3) for _, labels in epochs.epoch(epoch)]
+    resumed = [labels.numpy().tolist() for epoch in (1, 2) for _, labels in TrainingEpochs(x, y, 4, seed).epoch(epoch)]  # a new session
 
     assert resumed == whole[3:]  # three batches an epoch
     assert sorted(sum(whole[:3], [])) == list(range(10))  # an epoch is a permutation of the examples

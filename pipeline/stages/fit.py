@@ -11,7 +11,7 @@ import keras
 from pipeline.checkpoints import CheckpointRecord, PolicyCheckpoint
 from pipeline.config import CallbacksConfig, CheckpointConfig, CheckpointPolicy, TrainingConfig
 from pipeline.context import RunContext
-from pipeline.determinism import EpochSeeds, training_dataset, validation_dataset
+from pipeline.determinism import EpochSeeds, TrainingEpochs, validation_dataset
 from pipeline.errors import ArtifactError
 from pipeline.interrupts import Progress, deferred
 from pipeline.optuna_trial import OptunaTrial
@@ -227,14 +227,14 @@ def fit(
         together.set_model(model)
         together.on_train_begin()  # the callbacks' state put back,
         together.on_train_end()  # and acted on: EarlyStopping's best weights
-    validation = validation_dataset(data.x_test, data.y_test, batch_size)
+    training_set, validation = TrainingEpochs(data.x_train, data.y_train, batch_size, seed), validation_dataset(data.x_test, data.y_test, batch_size)
     with deferred():
         for epoch, skip in parts:
             model.fit(
-                training_dataset(data.x_train, data.y_train, batch_size, seed, epoch, epoch + 1, first_batch=skip),
+                training_set.epoch(epoch, first_batch=skip),
                 steps_per_epoch=steps - skip,
                 initial_epoch=epoch,
-                shuffle=False,  # training_dataset shuffles, per epoch
+                shuffle=False,  # TrainingEpochs shuffles, per epoch
                 epochs=epoch + 1,
                 validation_data=validation,
                 callbacks=[together, *([WholeTrainingProgbar(epochs)] if verbosity else [])],

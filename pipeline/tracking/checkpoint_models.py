@@ -68,8 +68,7 @@ class CheckpointModels:
     def __init__(self, tracker: Tracker, cfg: CheckpointConfig, resuming: bool):
         self.tracker, self.cfg = tracker, cfg
         self.by_batch = cfg.policy is CheckpointPolicy.every_n_batches
-        # Mid-epoch there is no validation yet: batch checkpoints are ranked by the training metric.
-        self.monitor = "batch_" + cfg.monitor.removeprefix("val_") if self.by_batch else cfg.monitor
+        self.monitor = ("batch_" if self.by_batch else "") + cfg.ranked_by  # as its LoggedModels' metrics are named
         self.ids: dict[int, str] = {}  # epoch (step, by batch) -> model id; written on the tracking thread
         self._names: dict[str, str] = {}  # checkpoint file or prefix name -> model id
         self._best: Optional[tuple[float, str]] = None
