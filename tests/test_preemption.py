@@ -68,13 +68,19 @@ def uninterrupted(tmp_path_factory):
     return cwd, client, finished
 
 
-def stop_during(command, cwd, epoch: int, sig=signal.SIGTERM, after: float = 0.5) -> tuple[int, float, str]:
-    """Start the command and send `sig` `after` seconds into `epoch`; returns the exit code, the
-    seconds from the signal to the exit, and the output."""
+def stop_during(command, cwd, epoch: int, sig=signal.SIGTERM, after: float = 0.5, inside: str | None = None) -> tuple[int, float, str]:
+    """Start the command and send `sig` `after` seconds into `epoch`, counted from when a file
+    matching `inside` (under the run folder) shows training is inside it, since a loaded machine can
+    take its time to start an epoch; returns the exit code, the seconds from the signal to the
+    exit, and the output."""
     process, lines = start_cli(command, cwd), []
     for line in process.stdout:
         lines.append(line)
         if line.startswith(f"fit     | epoch {epoch - 1}/"):
+            deadline = time.monotonic() + 60
+            while inside and not list(cwd.glob(f"outputs/runs/*/{inside}")):
+                assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+                time.sleep(0.05)
             time.sleep(after)
             sent = time.monotonic()
             process.send_signal(sig)
@@ -100,8 +106,8 @@ def test_sigterm_mid_epoch_stops_at_a_step_and_resumes_at_the_next_batch_to_the_
     reference_cwd, reference_client, reference = uninterrupted
     client = client_for(tmp_path)
 
-    stopped_state(client, tmp_path, stop_during(LONG_EPOCHS, tmp_path, epoch=3), epoch=3)
-    second = stop_during(LONG_EPOCHS, tmp_path, epoch=5)  # the same command resumes it, and is stopped again
+    stopped_state(client, tmp_path, stop_during(LONG_EPOCHS, tmp_path, epoch=3, inside="checkpoints/cp-step-002500*"), epoch=3)
+    second = stop_during(LONG_EPOCHS, tmp_path, epoch=5, inside="checkpoints/cp-step-005000*")  # the same command resumes it, and is stopped again
     state = stopped_state(client, tmp_path, second, epoch=5)
     assert "continuing from epoch 3 at batch " in second[2]
     assert state["callbacks"]["0.best"] == pytest.approx(0.0916, abs=1e-3)  # EarlyStopping's memory (epoch 4's val_loss) is kept
@@ -125,7 +131,7 @@ def test_a_kill_without_a_signal_resumes_from_the_state_kept_every_few_seconds(u
     _, _, reference = uninterrupted
     command = [*LONG_EPOCHS, "resume_every_seconds=0.2"]
 
-    code, _, output = stop_during(command, tmp_path, epoch=3, sig=signal.SIGKILL, after=1.0)
+    code, _, output = stop_during(command, tmp_path, epoch=3, sig=signal.SIGKILL, after=0.3, inside="resume/epoch-0002-batch-*.json")
     assert code == -signal.SIGKILL
     result = run_cli(*command, cwd=tmp_path)
 
@@ -145,10 +151,9 @@ def test_a_submitit_job_signalled_mid_training_requeues_itself_and_finishes_with
     _, reference_client, reference = uninterrupted
     sweep = start_cli(["-m", "hydra/launcher=submitit_local", *LONG_EPOCHS], tmp_path)  # a sweep of one job
     client, deadline = client_for(tmp_path), time.monotonic() + 300
-    while not (job := job_in_epoch(client, epoch=3)):
+    while not ((job := job_in_epoch(client, epoch=3)) and list(Path(job.data.tags["output_dir"]).glob("checkpoints/cp-step-002500*"))):
         assert sweep.poll() is None and time.monotonic() < deadline, sweep.stdout.read()[-3000:]
         time.sleep(0.2)
-    time.sleep(0.5)
     os.kill(int(job.data.tags["pid"]), signal.SIGUSR2)
     output, _ = sweep.communicate(timeout=600)
 
