@@ -2,18 +2,20 @@
 
 Modelled on keras.callbacks.ModelCheckpoint, plus what it lacks: every n epochs,
 an epoch-0 checkpoint, checkpoints in any registered format, keep policies for all of them
-(pipeline.keep decides which stay), and a hook that hands every checkpoint, with the
-metrics it was written at, to MLflow as soon as it is written.
+(pipeline.keep decides which stay), writes in the background (pipeline.background), and hooks
+that hand every checkpoint, with the metrics it was written at, to MLflow.
 """
 
 import logging
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import keras
 import numpy as np
 
+from pipeline.background import Writes
 from pipeline.config import CheckpointConfig, CheckpointFormat, CheckpointPolicy, Mode
 from pipeline.errors import ConfigError
 from pipeline.formats import FORMATS, SaveFormat
@@ -22,18 +24,25 @@ from pipeline.keep import Written, to_delete
 log = logging.getLogger(__name__)
 
 
+def _done() -> Future:
+    done: Future = Future()
+    done.set_result(True)
+    return done
+
+
 @dataclass
 class CheckpointRecord:
-    """A written checkpoint and the state it holds, kept to verify the file against."""
+    """A checkpoint and the state it holds, kept to verify the file against."""
 
-    path: Path  # the file; for TF checkpoints, the manager's prefix (e.g. cp-5)
+    path: Path  # the file; for TF checkpoints, the prefix (e.g. cp-5)
     format: SaveFormat
     carries_optimizer: bool
     epoch: int  # epochs completed when it was written
     step: int  # optimizer iterations when it was written
     value: Optional[float]  # checkpoint.monitor when it was written (its training-set twin, by batch): what keep.best ranks
-    weights: list[np.ndarray]
-    optimizer_variables: list[np.ndarray]
+    weights: list[np.ndarray] = field(default_factory=list)  # these two are filled in as the file is written
+    optimizer_variables: list[np.ndarray] = field(default_factory=list)
+    written: Future = field(default_factory=_done)  # True once the file is complete; None if its write failed
 
 
 def checkpoint_format(cfg: CheckpointConfig) -> SaveFormat:
@@ -49,29 +58,44 @@ class PolicyCheckpoint(keras.callbacks.Callback):
     Args:
         cfg: the checkpoint config: policy, frequency, format, and what to keep.
         directory: the folder for this run's checkpoints.
-        on_write: called right after each checkpoint is written, with its record, the training
-            logs it was written at, and the checkpoints the keep policies then deleted.
+        on_write: called on the training thread as each checkpoint is written, in order, with its
+            record (whose `written` says when the file is complete), the training logs it was
+            written at, and the checkpoints the keep policies delete once it is.
         resumed: whether this continues an interrupted run, which wrote epoch 0 already.
+        writes: how files are written, now or in the background; by default, now.
+        on_file: called on the writing thread the moment a checkpoint's file is complete, before
+            the keep policies delete any: to take what must outlive them.
     """
 
-    def __init__(self, cfg: CheckpointConfig, directory: Path, on_write: Callable[[CheckpointRecord, dict, list[Path]], None], resumed: bool = False):
+    def __init__(
+        self,
+        cfg: CheckpointConfig,
+        directory: Path,
+        on_write: Callable[[CheckpointRecord, dict, list[Path]], None],
+        resumed: bool = False,
+        writes: Optional[Writes] = None,
+        on_file: Callable[[CheckpointRecord], None] = lambda record: None,
+    ):
         super().__init__()
         self.cfg = cfg
         self.directory = directory
-        self.on_write = on_write
+        self.on_write, self.on_file = on_write, on_file
+        self.writes = writes
         self.format = checkpoint_format(cfg)
         self.by_batch = cfg.policy is CheckpointPolicy.every_n_batches
         self.resumed = resumed
         self.latest: Optional[CheckpointRecord] = None
         self._epoch = 0  # set as each epoch begins
         self._best: Optional[float] = None
-        self._written: list[Written] = []  # on disk, for the keep policies
+        self._written: list[Written] = []  # on disk once written, for the keep policies
         self._writer = None
 
     def on_train_begin(self, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.writes is None:
+            self.writes = Writes(self.model, background=False)
         prefix, width = ("cp-step", 6) if self.by_batch else ("cp", 4)
-        self._writer = self.format.checkpoints(self.model, self.directory, prefix, width, with_optimizer=not self.cfg.weights_only)
+        self._writer = self.format.checkpoints(self.writes.model, self.directory, prefix, width, with_optimizer=not self.cfg.weights_only)
         if self.cfg.save_initial and not self.resumed:
             self._write(epoch=0, logs={})
 
@@ -91,7 +115,8 @@ class PolicyCheckpoint(keras.callbacks.Callback):
             self._write(epoch=completed, logs=logs or {})
 
     def weights_file_at(self, step: int) -> Optional[Path]:
-        """The Keras weights file written at this training step, if any: the bytes a training-state backup would write."""
+        """The Keras weights file written at this training step, if any: the bytes a training-state
+        backup would write (in the background, written before the backup is)."""
         if self.latest is not None and self.latest.step == step and self.format is FORMATS["weights"]:
             return self.latest.path
         return None
@@ -117,24 +142,33 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         return int(self.model.optimizer.iterations.numpy())
 
     def _write(self, epoch: int, logs: dict) -> None:
+        """Write the checkpoint of this step (from the model, or its copy at this step in the
+        background), then delete what the keep policies no longer keep."""
         step = self._step()
         key = step if self.by_batch else epoch
-        path = self._writer.write(key)
-        value = float(logs[self.cfg.ranked_by]) if self.cfg.ranked_by in logs else None
-        optimizer = self.model.optimizer
-        self.latest = CheckpointRecord(
-            path=path,
+        self.writes.at_step()
+        source = self.writes.model
+        record = CheckpointRecord(
+            path=self._writer.path(key),
             format=self.format,
-            carries_optimizer=self._writer.carries_optimizer and optimizer.built,  # before the first step (cp-0000) there is no state yet
+            carries_optimizer=self._writer.carries_optimizer and source.optimizer.built,  # before the first step (cp-0000) there is no state yet
             epoch=epoch,
             step=step,
-            value=value,
-            weights=self.model.get_weights(),
-            optimizer_variables=[v.numpy() for v in optimizer.variables] if optimizer.built else [],
+            value=float(logs[self.cfg.ranked_by]) if self.cfg.ranked_by in logs else None,
         )
-        self._written = [w for w in self._written if w.key != key] + [Written(key, path, value)]  # a resumed run may write one again
+        self._written = [w for w in self._written if w.key != key] + [Written(key, record.path, record.value)]  # a resumed run may write one again
         doomed = to_delete(self._written, self.cfg.keep, self.cfg.mode)
-        for checkpoint in doomed:
-            self._writer.remove(checkpoint.path)
         self._written = [w for w in self._written if w not in doomed]
-        self.on_write(self.latest, logs, [w.path for w in doomed])
+
+        def write() -> bool:
+            self._writer.write(key)
+            record.weights = source.get_weights()
+            record.optimizer_variables = [v.numpy() for v in source.optimizer.variables] if source.optimizer.built else []
+            self.on_file(record)
+            for checkpoint in doomed:
+                self._writer.remove(checkpoint.path)
+            return True
+
+        record.written = self.writes.submit(write)
+        self.latest = record
+        self.on_write(record, logs, [w.path for w in doomed])

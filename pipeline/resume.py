@@ -5,7 +5,9 @@ The whole training state is written to `resume/` at every epoch end, every
 job: layer and optimizer variables, the epoch and the batch within it, the MLflow run,
 the checkpoint policy's memory, the callbacks' state (EarlyStopping, ReduceLROnPlateau),
 and, mid-epoch, the epoch's metric sums and the dropout seed generators. Each file is
-written atomically, its JSON last, and the last two states are kept. This is separate
+written atomically, its JSON last, and the last two states are kept. The weights are written
+as the checkpoints are (`pipeline.background`): in the background, from the copy of the model
+at the step, after the checkpoints asked for before. This is separate
 from the user's checkpoint policy, so resuming works whatever that policy is.
 (`pipeline.determinism` makes the batches after a resume the ones there would have been.)
 """
@@ -23,6 +25,7 @@ import numpy as np
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pipeline import interrupts
+from pipeline.background import Writes
 from pipeline.determinism import seed_states
 from pipeline.errors import ConfigError
 from pipeline.files import atomic_path, hard_linked
@@ -91,16 +94,29 @@ class TrainingState(keras.callbacks.Callback):
             to hard-link instead of writing the same bytes again.
         resumed: the state this session started from, to put back.
         every_seconds: also write the state this often during training (None: only at epoch ends).
+        writes: how files are written, now or in the background; by default, now.
     """
 
-    def __init__(self, directory: Path, run_id: str, callbacks: list, extra_state: Callable[[], dict], written_at: Callable[[int], Optional[Path]], resumed: Optional[ResumePoint] = None, every_seconds: Optional[float] = None):
+    def __init__(
+        self,
+        directory: Path,
+        run_id: str,
+        callbacks: list,
+        extra_state: Callable[[], dict],
+        written_at: Callable[[int], Optional[Path]],
+        resumed: Optional[ResumePoint] = None,
+        every_seconds: Optional[float] = None,
+        writes: Optional[Writes] = None,
+    ):
         super().__init__()
         self.directory, self.run_id, self.callbacks = directory, run_id, callbacks
         self.extra_state, self.written_at = extra_state, written_at
-        self.resumed, self.every_seconds = resumed, every_seconds
+        self.resumed, self.every_seconds, self.writes = resumed, every_seconds, writes
         self._epoch, self._last_write = 0, time.monotonic()
 
     def on_train_begin(self, logs=None):
+        if self.writes is None:
+            self.writes = Writes(self.model, background=False)
         if self.resumed:
             set_callback_state(self.callbacks, self.resumed.state.get("callbacks", {}), self.resumed.arrays)
 
@@ -117,39 +133,51 @@ class TrainingState(keras.callbacks.Callback):
         done = batch + 1 + (self.resumed.batch if self.resumed and self._epoch == self.resumed.epoch else 0)
         if interrupts.requested() is not None:
             self._write(self._epoch, done)
-            interrupts.check()
+            self._stop_if_asked()
         if self.every_seconds and time.monotonic() - self._last_write >= self.every_seconds:
             self._write(self._epoch, done)
 
     def on_epoch_end(self, epoch, logs=None):
         self._write(epoch + 1, 0)
-        interrupts.check()
+        self._stop_if_asked()
+
+    def _stop_if_asked(self) -> None:
+        """Stop the training if a signal asked to, once the state just asked for is on disk."""
+        if interrupts.requested() is not None:
+            self.writes.wait()
+            interrupts.check()
 
     def _write(self, completed: int, batch: int) -> None:
-        """One state: its weights (and arrays) first, its JSON last, so a state counts only once whole."""
+        """One state: its weights (and arrays) first, its JSON last, so a state counts only once
+        whole. What it holds is read now, at the step; the files are written as `writes` writes."""
         step = int(self.model.optimizer.iterations.numpy())
         stem = f"epoch-{completed:04d}" + (f"-batch-{batch:06d}" if batch else "")
         callbacks, arrays = callback_state(self.callbacks)
         if batch:
-            arrays.update({v.path: v.numpy() for v in _mid_epoch_variables(self.model)})
-        weights = self.directory / f"{stem}{WEIGHTS.suffix}"
-        same = self.written_at(step)
-        with atomic_path(weights) as temporary:
-            if same is None or not hard_linked(same, temporary):
-                WEIGHTS.save(self.model, temporary)
-        if arrays:
-            with atomic_path(self.directory / f"{stem}.npz") as temporary, temporary.open("wb") as file:
-                np.savez(file, **arrays)
+            arrays.update({v.path: np.array(v.numpy()) for v in _mid_epoch_variables(self.model)})  # copies: written later
         state = {"epoch": completed, "batch": batch, "step": step, "stopped": bool(self.model.stop_training), "run_id": self.run_id, "callbacks": callbacks, **self.extra_state()}
-        with atomic_path(self.directory / f"{stem}.json") as temporary:
-            temporary.write_text(json.dumps(state))
+        same = self.written_at(step)
+        self.writes.at_step()
+        source = self.writes.model
+
+        def write() -> None:
+            with atomic_path(self.directory / f"{stem}{WEIGHTS.suffix}") as temporary:
+                if same is None or not hard_linked(same, temporary):
+                    WEIGHTS.save(source, temporary)
+            if arrays:
+                with atomic_path(self.directory / f"{stem}.npz") as temporary, temporary.open("wb") as file:
+                    np.savez(file, **arrays)
+            with atomic_path(self.directory / f"{stem}.json") as temporary:
+                temporary.write_text(json.dumps(state))
+            for old in saved_states(self.directory)[KEEP:]:
+                # Data first: a kill between the unlinks leaves a JSON that the next prune still
+                # sees, never a weights file that no state lists.
+                for data in (f"{old.stem}{WEIGHTS.suffix}", f"{old.stem}.npz"):
+                    (self.directory / data).unlink(missing_ok=True)
+                old.unlink()
+
+        self.writes.submit(write)
         self._last_write = time.monotonic()
-        for old in saved_states(self.directory)[KEEP:]:
-            # Data first: a kill between the unlinks leaves a JSON that the next prune still
-            # sees, never a weights file that no state lists.
-            for data in (f"{old.stem}{WEIGHTS.suffix}", f"{old.stem}.npz"):
-                (self.directory / data).unlink(missing_ok=True)
-            old.unlink()
 
 
 def _mid_epoch_variables(model: keras.Model) -> list:

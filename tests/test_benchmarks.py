@@ -48,7 +48,7 @@ def test_tiny_run_writes_every_table_and_logs_it_to_mlflow(tmp_path):
     text = (tmp_path / "out" / "results.md").read_text()
     assert text.startswith("## Benchmarks\n\nMachine: ") and f"{os.cpu_count()} cores" in text
     tutorial = rows(text, "1. The tutorial's work")
-    assert [r[0] for r in tutorial] == ["work after imports", "whole process", "work after imports, no system metrics", "whole process, no system metrics"]
+    assert [r[0] for r in tutorial] == ["work after imports", "whole process (an existing store)", "work after imports, no system metrics", "whole process, no system metrics"]
     assert "System metrics on / off: work " in text
     for _, plain, pipeline, ratio, _target in tutorial:
         assert number(ratio) == pytest.approx(number(pipeline) / number(plain), rel=0.02)
@@ -71,9 +71,14 @@ def test_tiny_run_writes_every_table_and_logs_it_to_mlflow(tmp_path):
     basic, joblib = rows(text, "5. Sweeps")
     assert number(basic[2]) == pytest.approx(2 * 60 / number(basic[1]), rel=0.02)
     assert number(joblib[3]) == pytest.approx(number(basic[1]) / number(joblib[1]), rel=0.02)
-    assert "### 5. Sweeps" in result.stdout  # the tables are printed as well as written
+    large = rows(text, "6. Checkpoints of a large model")
+    assert [r[0] for r in large] == ["plain fit, no checkpoints", "pipeline, checkpoint.background=false (the default on a CPU)", "pipeline, checkpoint.background=true (the default on a GPU)"]
+    for row in large:  # each side's steady epoch against plain fit's; a whole training outlasts its first epoch; memory was measured
+        assert number(row[3]) == pytest.approx(number(row[2]) / number(large[0][2]), rel=0.02)
+        assert number(row[5]) > number(row[1]) and number(row[6]) > 0.1
+    assert "### 6. Checkpoints of a large model" in result.stdout  # the tables are printed as well as written
 
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("benchmarks").experiment_id])
-    assert {"tutorial/work_seconds_ratio", "tutorial/whole_ratio", "throughput/batch32_ratio", "throughput/batch32_default_ratio", "deploy/mlp800/litert/latency_ms_batch1", "sweeps/joblib_jobs_per_minute"} <= set(run.data.metrics)
+    assert {"tutorial/work_seconds_ratio", "tutorial/whole_ratio", "throughput/batch32_ratio", "throughput/batch32_default_ratio", "deploy/mlp800/litert/latency_ms_batch1", "sweeps/joblib_jobs_per_minute", "checkpoints/background_epoch_ratio"} <= set(run.data.metrics)
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["results.md"]

@@ -70,9 +70,12 @@ class Checkpoints:
         self.format, self.model, self.directory, self.prefix, self.width = fmt, model, directory, prefix, width
         self.carries_optimizer = fmt.carries_optimizer
 
+    def path(self, number: int) -> Path:
+        return self.directory / f"{self.prefix}-{number:0{self.width}d}{self.format.suffix}"
+
     def write(self, number: int) -> Path:
         """Write the model's current state; returns the checkpoint's path."""
-        path = self.directory / f"{self.prefix}-{number:0{self.width}d}{self.format.suffix}"
+        path = self.path(number)
         with atomic_path(path) as temporary:
             self.format.save(self.model, temporary)
         return path

@@ -57,12 +57,15 @@ class ManagedCheckpoints:
         state = tf.train.get_checkpoint_state(str(directory))  # a resumed run's earlier checkpoints stay listed
         self._listed = [Path(p).name for p in (state.all_model_checkpoint_paths if state else []) if Path(p + ".index").exists()]
 
+    def path(self, number: int) -> Path:
+        return self.directory / f"{self.prefix}-{number}"
+
     def write(self, number: int) -> Path:
-        name = f"{self.prefix}-{number}"
-        self._checkpoint.write(str(self.directory / name))
-        self._listed = [n for n in self._listed if n != name] + [name]
+        path = self.path(number)
+        self._checkpoint.write(str(path))
+        self._listed = [n for n in self._listed if n != path.name] + [path.name]
         self._record()
-        return self.directory / name
+        return path
 
     def remove(self, path: Path) -> None:
         for file in path.parent.glob(path.name + ".*"):

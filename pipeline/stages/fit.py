@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 import keras
 
+from pipeline.background import Writes, in_background
 from pipeline.checkpoints import CheckpointRecord, PolicyCheckpoint
 from pipeline.config import CallbacksConfig, CheckpointConfig, CheckpointPolicy, TrainingConfig
 from pipeline.context import RunContext
@@ -185,11 +186,12 @@ def fit(
         build_metrics(model, data.x_test, data.y_test)
 
     writer, linked = None, None
+    writes = Writes(model, in_background(checkpoint.background))
     keras_callbacks = optional_callbacks(callbacks, paths)
     stateful = list(keras_callbacks)
     if checkpoint.policy is not CheckpointPolicy.none:
         models = CheckpointModels(tracker, checkpoint, resuming)
-        writer = PolicyCheckpoint(checkpoint, paths.checkpoints, on_write=models, resumed=resuming)
+        writer = PolicyCheckpoint(checkpoint, paths.checkpoints, on_write=models, resumed=resuming, writes=writes, on_file=models.file_written)
         models.prepare(model, keras_signature(model, data.x_test[:8]), writer.format.name)
         if point:
             writer.load_state(point.state)
@@ -211,6 +213,7 @@ def fit(
             written_at=writer.weights_file_at if writer else lambda step: None,
             resumed=point,
             every_seconds=state_every_seconds,
+            writes=writes,
         )
     )
 
@@ -229,19 +232,22 @@ def fit(
         together.on_train_end()  # and acted on: EarlyStopping's best weights
     training_set, validation = TrainingEpochs(data.x_train, data.y_train, batch_size, seed), validation_dataset(data.x_test, data.y_test, batch_size)
     with deferred():
-        for epoch, skip in parts:
-            model.fit(
-                training_set.epoch(epoch, first_batch=skip),
-                steps_per_epoch=steps - skip,
-                initial_epoch=epoch,
-                shuffle=False,  # TrainingEpochs shuffles, per epoch
-                epochs=epoch + 1,
-                validation_data=validation,
-                callbacks=[together, *([WholeTrainingProgbar(epochs)] if verbosity else [])],
-                verbose=verbosity,
-            )
-            if model.stop_training:  # early stopping, or pruned
-                break
+        try:
+            for epoch, skip in parts:
+                model.fit(
+                    training_set.epoch(epoch, first_batch=skip),
+                    steps_per_epoch=steps - skip,
+                    initial_epoch=epoch,
+                    shuffle=False,  # TrainingEpochs shuffles, per epoch
+                    epochs=epoch + 1,
+                    validation_data=validation,
+                    callbacks=[together, *([WholeTrainingProgbar(epochs)] if verbosity else [])],
+                    verbose=verbosity,
+                )
+                if model.stop_training:  # early stopping, or pruned
+                    break
+        finally:
+            writes.close()  # every checkpoint and state asked for is on disk, whatever stopped the training
     if callbacks.tensorboard:
         tracker.log_folder(paths.tensorboard)
     latest = writer.latest if writer else None

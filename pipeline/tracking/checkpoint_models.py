@@ -71,6 +71,7 @@ class CheckpointModels:
         self.monitor = ("batch_" if self.by_batch else "") + cfg.ranked_by  # as its LoggedModels' metrics are named
         self.ids: dict[int, str] = {}  # epoch (step, by batch) -> model id; written on the tracking thread
         self._names: dict[str, str] = {}  # checkpoint file or prefix name -> model id
+        self._staged: dict[str, tuple[Path, list[Path]]] = {}  # checkpoint file or prefix name -> its staged folder and files
         self._best: Optional[tuple[float, str]] = None
         self._template: Optional[Path] = None
         if resuming:
@@ -89,20 +90,30 @@ class CheckpointModels:
         """The LoggedModel written at this epoch (step, by batch), once logged; asked on the tracking thread."""
         return self.ids.get(key)
 
-    def __call__(self, record: CheckpointRecord, logs: dict, removed: list[Path]) -> None:
+    def file_written(self, record: CheckpointRecord) -> None:
+        """On the writing thread, the moment the checkpoint is complete: its files are staged (hard
+        links), so the keep policies may delete it before its upload."""
         files = record.format.files(record.path)
         batch = self.tracker.stage_for_model(files)
-        staged = [batch / f.relative_to(self.tracker.output_dir) for f in files]
+        self._staged[record.path.name] = batch, [batch / f.relative_to(self.tracker.output_dir) for f in files]
+
+    def __call__(self, record: CheckpointRecord, logs: dict, removed: list[Path]) -> None:
+        """On the training thread, in order: log the checkpoint (on the tracking thread, once it is
+        written), its metrics by batch linked to it, and the deletions."""
         key = record.step if self.by_batch else record.epoch
         metrics = {f"batch_{k}": v for k, v in logs.items()} if self.by_batch else dict(logs)
         name = f"checkpoint-step-{record.step:06d}" if self.by_batch else f"checkpoint-epoch-{record.epoch:04d}"
-        self.tracker.remote(f"logging {name}", lambda: self._log(record, name, key, staged, batch, record.value))
+        self.tracker.remote(f"logging {name}", lambda: self._log(record, name, key))
         if self.by_batch and metrics:  # epoch metrics are logged, and linked to it, by the metrics callback
             self.tracker.log_metrics(metrics, step=record.step, model=lambda: self.at(key))
         for path in removed:
             self.tracker.remote(f"marking {path.name} deleted", lambda path=path: self._mark_deleted(path.name))
 
-    def _log(self, record: CheckpointRecord, name: str, key: int, staged: list[Path], batch: Path, value: Optional[float]) -> None:
+    def _log(self, record: CheckpointRecord, name: str, key: int) -> None:
+        if not record.written.result():  # its write failed: the training stops with that error
+            return
+        batch, staged = self._staged.pop(record.path.name)
+        value = record.value
         tags = {"kind": KIND, "format": record.format.name, "policy": self.cfg.policy.value, "epoch": record.epoch, "step": record.step, "file": record.path.name}
         folder, files = None, staged
         if self._template is not None:
