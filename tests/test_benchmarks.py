@@ -48,7 +48,7 @@ def test_tiny_run_writes_every_table_and_logs_it_to_mlflow(tmp_path):
     text = (tmp_path / "out" / "results.md").read_text()
     assert text.startswith("## Benchmarks\n\nMachine: ") and f"{os.cpu_count()} cores" in text
     tutorial = rows(text, "1. The tutorial's work")
-    assert [r[0] for r in tutorial] == ["work after imports", "whole process (an existing store)", "work after imports, no system metrics", "whole process, no system metrics"]
+    assert [r[0] for r in tutorial] == ["work after imports", "whole process (an existing store)", "whole process (a new store)", "work after imports, no system metrics", "whole process, no system metrics"]
     assert "System metrics on / off: work " in text
     for _, plain, pipeline, ratio, _target in tutorial:
         assert number(ratio) == pytest.approx(number(pipeline) / number(plain), rel=0.02)
