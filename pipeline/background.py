@@ -34,6 +34,13 @@ def in_background(setting: Optional[bool]) -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
+def done(value) -> Future:
+    """A future that already holds `value`: a write made on the training thread."""
+    finished: Future = Future()
+    finished.set_result(value)
+    return finished
+
+
 class Writes:
     """Run each checkpoint or training-state write, in order, now or in the background.
 
@@ -73,9 +80,7 @@ class Writes:
         before it) failed: the failure itself is raised on the training thread."""
         self.raise_failure()
         if self._pool is None:
-            done: Future = Future()
-            done.set_result(write())
-            return done
+            return done(write())
         future = self._pool.submit(self._guarded, write)
         self._pending.append(future)
         return future

@@ -15,19 +15,13 @@ from typing import Callable, Optional
 import keras
 import numpy as np
 
-from pipeline.background import Writes
+from pipeline.background import Writes, done
 from pipeline.config import CheckpointConfig, CheckpointFormat, CheckpointPolicy, Mode
 from pipeline.errors import ConfigError
 from pipeline.formats import FORMATS, SaveFormat
 from pipeline.keep import Written, to_delete
 
 log = logging.getLogger(__name__)
-
-
-def _done() -> Future:
-    done: Future = Future()
-    done.set_result(True)
-    return done
 
 
 @dataclass
@@ -42,7 +36,7 @@ class CheckpointRecord:
     value: Optional[float]  # checkpoint.monitor when it was written (its training-set twin, by batch): what keep.best ranks
     weights: list[np.ndarray] = field(default_factory=list)  # these two are filled in as the file is written
     optimizer_variables: list[np.ndarray] = field(default_factory=list)
-    written: Future = field(default_factory=_done)  # True once the file is complete; None if its write failed
+    written: Future = field(default_factory=lambda: done(True))  # True once the file is complete; None if its write failed
 
 
 def checkpoint_format(cfg: CheckpointConfig) -> SaveFormat:
