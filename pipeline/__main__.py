@@ -96,19 +96,35 @@ def exit_interrupted(error: Interrupted) -> NoReturn:
     logging.getLogger("pipeline").warning(message)
     if error.requeue:  # submitit checkpoints the job, requeues it and exits
         error.requeue(error.signum, None)
-    # The run is ended and the training state is on disk: leave now. The exit handlers still run
-    # (a sweep's report and parent run), but not the seconds of interpreter and TensorFlow
-    # teardown that a job given a few seconds' notice by its scheduler may not have.
+    leave(error.exit_code)
+
+
+def leave(code: int) -> NoReturn:
+    """Exit once the job's own work is done, without the interpreter's teardown.
+
+    By now every run is ended and every file written: the tracker and the checkpoint
+    writer wait for their work before the run ends. The exit handlers still run (a
+    sweep's report and parent run), but not the second or two of freeing TensorFlow's
+    objects one by one, which a user waits for and a job given a few seconds' notice
+    by its scheduler may not have.
+    """
     atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(error.exit_code)
+    os._exit(code)
+
+
+# Whether this process ran one job and no sweep: only then may it leave without the teardown,
+# since a sweep's launcher shuts its worker processes down in that teardown.
+single_run = False
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    global single_run
     multirun = HydraConfig.get().mode is RunMode.MULTIRUN
+    single_run = not multirun
     if multirun:
         set_job_prefix(f"[{HydraConfig.get().job.num}] ")
     try:
@@ -134,3 +150,5 @@ if __name__ == "__main__":
             sys.exit(report(error))
         except Interrupted as error:
             exit_interrupted(error)
+        if single_run:
+            leave(0)

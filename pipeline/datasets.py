@@ -109,10 +109,13 @@ class Npz(DataSource):
         path = self._file()
         with self._open(path) as npz:
             arrays = {role: npz[key] for role, key in self.keys.items()}
-        splits = Splits(**arrays, source=str(path))
+        return self._scaled(take(Splits(**arrays, source=str(path)), self.train_size, self.test_size, self.name))
+
+    def _scaled(self, splits: Splits) -> Splits:
+        """Inputs divided by `divide_by`: of the examples taken, not of the whole file."""
         if self.divide_by != 1.0:
             splits.x_train, splits.x_test = (x.astype("float32") / np.float32(self.divide_by) for x in (splits.x_train, splits.x_test))
-        return take(splits, self.train_size, self.test_size, self.name)
+        return splits
 
 
 class Mnist(Npz):
@@ -142,8 +145,7 @@ class Mnist(Npz):
             (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
         except Exception as error:  # no network, a proxy, a damaged cache: all end the same way for the user
             raise DataError(f"could not download MNIST ({str(error).splitlines()[0]}); set MNIST_NPZ or data.path to a local mnist.npz, or use data=digits") from None
-        splits = Splits(x_train / np.float32(255), y_train, x_test / np.float32(255), y_test, "keras.datasets.mnist")
-        return take(splits, self.train_size, self.test_size, self.name)
+        return self._scaled(take(Splits(x_train, y_train, x_test, y_test, "keras.datasets.mnist"), self.train_size, self.test_size, self.name))
 
 
 class Digits(DataSource):

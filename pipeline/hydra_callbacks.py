@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -30,6 +31,7 @@ from pipeline.config import TrackingConfig
 from pipeline.errors import PipelineError, report
 from pipeline.files import unwritable
 from pipeline.owner import owner_tags, process_alive
+from pipeline.tracking import service
 from pipeline.validation import validate
 
 log = logging.getLogger(__name__)
@@ -47,10 +49,14 @@ class PreflightCheck(Callback):
         HydraConfig.instance().set_config(config)  # as Hydra itself does next, so ${hydra:...} resolves
         job = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
         job.paths.output_dir = config.hydra.run.dir  # what Hydra's runtime.output_dir will be
+        service.prepare()  # MLflow's store code loads in its own process while TensorFlow loads in this one
         try:
-            validate(job)
+            settings = validate(job)
         except PipelineError as error:
             sys.exit(report(error))
+        from pipeline.tracking.store import default_tracking_uri  # (MLflow, imported once the input is good)
+
+        service.open_ahead(settings.tracking.uri or default_tracking_uri(settings.paths.root))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Also the sweeper's own checks, if it has them (`preflight`, as the Optuna sweeper's)."""
@@ -182,7 +188,10 @@ class MlflowSweepCallback(Callback):
         if rows:
             self.client.log_text(parent_id, to_csv(rows), "sweep/report.csv")
             self.client.log_text(parent_id, to_markdown(rows), "sweep/report.md")
-            self.client.log_figure(parent_id, comparison_figure(rows), "sweep/comparison.png")
+            with tempfile.TemporaryDirectory() as scratch:  # the store's process is given files, not figures
+                figure = Path(scratch) / "comparison.png"
+                comparison_figure(rows).savefig(figure)
+                self.client.log_artifact(parent_id, str(figure), "sweep")
         if self.sweep_dir and (self.sweep_dir / "multirun.yaml").exists():
             self.client.log_artifact(parent_id, str(self.sweep_dir / "multirun.yaml"), "sweep")
         self.client.set_terminated(parent_id, "FAILED" if unfinished or not children else "FINISHED")

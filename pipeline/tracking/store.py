@@ -1,5 +1,6 @@
 """Which MLflow store a job uses, and connecting to it: fail fast on an unreachable server,
-keep a sqlite store's artifacts beside it, and let parallel jobs share one sqlite file."""
+keep a sqlite store's artifacts beside it, and let parallel jobs share one sqlite file.
+The store is opened in its own process (`pipeline.tracking.service`)."""
 
 import os
 import sqlite3
@@ -8,12 +9,11 @@ from pathlib import Path
 
 import requests
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.config import TrackingConfig
 from pipeline.errors import PipelineError
 from pipeline.files import unwritable
+from pipeline.tracking.service import StoreClient
 
 
 def default_tracking_uri(outputs_root: str) -> str:
@@ -34,7 +34,7 @@ def sqlite_artifact_location(database: str, experiment: str) -> str:
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
-def connect(tracking: TrackingConfig, outputs_root: str) -> tuple[MlflowClient, str]:
+def connect(tracking: TrackingConfig, outputs_root: str) -> tuple[StoreClient, str]:
     """The client for the configured store and the experiment's id, creating it if needed."""
     uri = tracking.uri or default_tracking_uri(outputs_root)
     if uri.startswith(("http://", "https://")):
@@ -44,9 +44,9 @@ def connect(tracking: TrackingConfig, outputs_root: str) -> tuple[MlflowClient, 
     if problem:
         raise PipelineError(f"cannot create the MLflow store {uri}: {problem}; set paths.root, tracking.uri or MLFLOW_TRACKING_URI")
     try:
-        client = MlflowClient(uri)
+        client = StoreClient(uri)
         experiment = client.get_experiment_by_name(tracking.experiment)  # creates a new sqlite store's tables
-    except (MlflowException, OSError, SQLAlchemyError) as error:
+    except (MlflowException, OSError) as error:
         raise PipelineError(f"cannot open the MLflow store {uri}: {str(error).splitlines()[0]}") from None
     if database:
         use_write_ahead_log(database)

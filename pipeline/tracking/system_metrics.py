@@ -7,7 +7,6 @@ every `interval` seconds on a thread of their own, once more when the run ends, 
 sample goes through the tracker as `system/*` metrics, journaled like every other metric.
 """
 
-import logging
 import threading
 from typing import Optional
 
@@ -15,6 +14,23 @@ from pipeline.tracking.journal import read_metrics
 from pipeline.tracking.tracker import Tracker
 
 PREFIX = "system/"
+
+
+def monitors() -> list:
+    """MLflow's monitors as its `SystemMetricsMonitor` picks them (CPU, disk, network, and an NVIDIA
+    or else an AMD GPU if one answers), without the tracking client that it would open."""
+    from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+    from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+    from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+    from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+    from mlflow.system_metrics.metrics.rocm_monitor import ROCMMonitor
+
+    for gpu in (GPUMonitor, ROCMMonitor):
+        try:
+            return [CPUMonitor(), DiskMonitor(), NetworkMonitor(), gpu()]
+        except Exception:  # no such GPU, or no driver for it
+            continue
+    return [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
 
 
 class SystemMetrics:
@@ -30,15 +46,7 @@ class SystemMetrics:
         self._step = max(steps) + 1 if steps else 0
 
     def __enter__(self) -> "SystemMetrics":
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        mlflow_log = logging.getLogger("mlflow.system_metrics")
-        level = mlflow_log.level
-        mlflow_log.setLevel(logging.WARNING)  # "Skip logging GPU metrics" on every machine without one
-        try:
-            self._monitors = SystemMetricsMonitor(self.tracker.run_id, tracking_uri=self.tracker.client.tracking_uri).monitors
-        finally:
-            mlflow_log.setLevel(level)
+        self._monitors = monitors()
         self._sample()  # CPU utilisation is measured since the previous call: this one starts the clock
         self._clear()
         self._thread = threading.Thread(target=self._loop, name="system-metrics", daemon=True)
