@@ -42,7 +42,7 @@ def wait_until_gone(marker: str, seconds: float = 10) -> list[int]:
 def test_a_call_returns_and_raises_what_the_client_does(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     store = StoreClient(uri)
-    experiment_id = store.create_experiment("e")
+    experiment_id = store.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
     run = store.create_run(experiment_id, run_name="r", tags={"t": "1"})
     store.log_metric(run.info.run_id, "m", 0.5, step=3)
     (tmp_path / "f.txt").write_text("hello")
@@ -58,7 +58,7 @@ def test_a_call_returns_and_raises_what_the_client_does(tmp_path):
         store.get_run("0" * 32)
     assert missing.value.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
     with pytest.raises(MlflowException) as again:
-        store.create_experiment("e")
+        store.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
     assert again.value.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
     assert store.get_experiment_by_name("e").experiment_id == experiment_id  # the pipe is in step after errors
 
