@@ -245,11 +245,11 @@ class TrainingConfig:
     # at exact steps between calls.
     steps_per_execution: Optional[int] = None
 
-    def steps_per_call(self, policy: "CheckpointPolicy") -> int:
-        """`steps_per_execution` as set, or the default for this checkpoint policy."""
+    def steps_per_call(self, policy: "CheckpointPolicy", distributed: bool) -> int:
+        """`steps_per_execution` as set, or the default for this checkpoint policy (one step, distributed: below)."""
         if self.steps_per_execution is not None:
             return self.steps_per_execution
-        return 1 if policy is CheckpointPolicy.every_n_batches else DEFAULT_STEPS_PER_EXECUTION
+        return 1 if distributed or policy is CheckpointPolicy.every_n_batches else DEFAULT_STEPS_PER_EXECUTION
 
     def check(self) -> None:
         require(self.epochs >= 1, f"training.epochs must be at least 1 (got {self.epochs})")
@@ -273,6 +273,33 @@ class VerifyConfig:
         require(0 <= self.max_accuracy_drop <= 1, f"verify.max_accuracy_drop is a fraction of the test set, in [0, 1] (got {self.max_accuracy_drop})")
         for name, tolerance in self.tolerance.items():
             require(tolerance >= 0, f"verify.tolerance.{name} must be >= 0 (got {tolerance})")
+
+
+class Strategy(Enum):
+    none = "none"  # TensorFlow's default device
+    mirrored = "mirrored"  # tf.distribute.MirroredStrategy: a replica of the model per local device
+    multi_worker = "multi_worker"  # refused, below
+
+
+MULTI_WORKER_REFUSED = (
+    "distribute=multi_worker: Keras 3's fit does not train under tf.distribute.MultiWorkerMirroredStrategy "
+    "(https://github.com/keras-team/keras/issues/20585); use distribute=mirrored within a machine, and a sweep across machines (hydra/launcher=slurm)"
+)
+
+
+@dataclass
+class DistributeConfig:
+    strategy: Strategy = Strategy.none
+    devices: Optional[int] = None  # mirrored: None for every local GPU (the CPU if none); N for N logical CPU devices
+
+    def check(self) -> None:
+        require(self.strategy is not Strategy.multi_worker, MULTI_WORKER_REFUSED)
+        require(self.devices is None or self.strategy is Strategy.mirrored, f"distribute.devices applies to distribute=mirrored, not {self.strategy.value}")
+        require(self.devices is None or self.devices >= 1, f"distribute.devices must be at least 1 (got {self.devices})")
+
+    @property
+    def distributed(self) -> bool:
+        return self.strategy is not Strategy.none
 
 
 @dataclass
@@ -334,6 +361,7 @@ class Config:
     save: Dict[str, SaveOptions] = field(default_factory=dict)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    distribute: DistributeConfig = MISSING
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
@@ -349,8 +377,13 @@ class Config:
     def check(self) -> None:
         for name, options in self.save.items():
             options.check(name)
-        for part in (self.checkpoint, self.training, self.verify, self.training.optimizer, self.tracking, self.registry):
+        for part in (self.checkpoint, self.training, self.distribute, self.verify, self.training.optimizer, self.tracking, self.registry):
             part.check()
+        require(
+            not (self.distribute.distributed and (self.training.steps_per_execution or 1) > 1),
+            f"training.steps_per_execution={self.training.steps_per_execution} does not run under distribute=mirrored: Keras 3's loop of several steps "
+            "a call fails on a distributed dataset (https://github.com/keras-team/keras/issues/19246); leave it unset (one step a call)",
+        )
         if self.registry.model is RegistrySource.best:
             require(self.checkpoint.policy is not CheckpointPolicy.none, "registry.model=best registers the best checkpoint, but checkpoint=none writes none; use registry.model=final")
             require(

@@ -6,6 +6,7 @@ compiled itself keeps its own optimizer, loss and metrics. The same factory make
 the model to train and every fresh model a loader fills, so they always match.
 """
 
+from contextlib import nullcontext
 from typing import Callable
 
 import keras
@@ -46,13 +47,24 @@ def model_builder(cfg: ModelConfig) -> Callable[..., keras.Model]:
 class ModelFactory:
     """Makes a fresh, compiled, built model of the run's architecture each time it is called."""
 
-    def __init__(self, cfg: ModelConfig, training: TrainingConfig, input_shape: tuple, num_classes: int):
+    def __init__(self, cfg: ModelConfig, training: TrainingConfig, input_shape: tuple, num_classes: int, strategy=None):
         self.cfg, self.training = cfg, training
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
         self.build = model_builder(cfg)
         self.compiled_by = "training"  # or "model", once a model has come back compiled
+        self.strategy = strategy  # a tf.distribute strategy whose scope the model and optimizer are made in
 
-    def __call__(self) -> keras.Model:
+    def __call__(self, distributed: bool = False) -> keras.Model:
+        """A fresh model; `distributed`, the one to train, made in the strategy's scope (every other
+        model, one a saved file is loaded into, is made as a user would load it: on one device)."""
+        with self.scope() if distributed else nullcontext():
+            return self._make()
+
+    def scope(self):
+        """The strategy's scope, where the training model's variables are created and restored."""
+        return self.strategy.scope() if self.strategy else nullcontext()
+
+    def _make(self) -> keras.Model:
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy("mixed_bfloat16" if self.training.mixed_precision else "float32")  # read as each layer is made
         try:

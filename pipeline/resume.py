@@ -189,7 +189,8 @@ def _mid_epoch_variables(model: keras.Model) -> list:
 def build_metrics(model: keras.Model, x, y) -> None:
     """Create the compiled metrics' variables, which Keras makes on the first step, so a
     state written mid-epoch can be put back into them before it."""
-    model.evaluate(x[:1], y[:1], verbose=0)
+    replicas = model.distribute_strategy.num_replicas_in_sync  # an example for each, or a replica's share is empty
+    model.evaluate(x[:replicas], y[:replicas], batch_size=replicas, verbose=0)
 
 
 def _order(state_file: Path) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import Config
 from pipeline.console import RETRACING, move_log_file, without
+from pipeline import distribute
 from pipeline.context import RunContext
 from pipeline.determinism import seed_everything
 from pipeline.errors import PipelineError
@@ -195,16 +196,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
             data = load_data(settings.data)
             _log_datasets(data, tracker, as_inputs=not resumed)
             training = settings.training
-            fresh_model = ModelFactory(settings.model, training, data.input_shape, data.num_classes)
+            fresh_model = ModelFactory(settings.model, training, data.input_shape, data.num_classes, distribute.strategy(settings.distribute))
             progress.stage = "build"
             model = build(fresh_model, settings.model, ctx)
             check_model(model, settings)  # validation did so already, unless the data came from a user's function
 
             progress.stage = "fit"
-            checkpoint = fit(
-                model, data, training, settings.checkpoint, settings.callbacks, settings.seed, ctx,
-                resuming=bool(resumed and resumed[2]), state_every_seconds=settings.resume_every_seconds, trial=trial,
-            )  # fmt: skip
+            with fresh_model.scope():  # a restored training state, like training itself, writes the distributed variables
+                checkpoint = fit(
+                    model, data, training, settings.checkpoint, settings.callbacks, settings.seed, ctx,
+                    resuming=bool(resumed and resumed[2]), state_every_seconds=settings.resume_every_seconds, trial=trial,
+                )  # fmt: skip
             progress.epoch = progress.step = None
             tracker.set_tags({"weights_sha256": weights_digest(model)})
             history = tracker.metric_histories(["loss", "accuracy", "val_loss", "val_accuracy"])

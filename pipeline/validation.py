@@ -44,6 +44,9 @@ def validate(cfg: DictConfig) -> Config:
     spec = _peek_data(settings.data)
     # What follows imports Keras (and TensorFlow): the checks above fail in a second.
     import_tensorflow()
+    from pipeline import distribute
+
+    distribute.configure(settings.distribute)  # the devices, before the model check makes TensorFlow set them up
     _check_optimizer(settings.training.optimizer.name)
     _check_model(settings, spec)
     return settings

@@ -10,6 +10,7 @@ import keras
 
 from pipeline.config import ModelConfig
 from pipeline.context import RunContext
+from pipeline.distribute import describe
 from pipeline.errors import ArtifactError, unreadable
 from pipeline.formats import detect
 from pipeline.models import ModelFactory, model_kind
@@ -45,7 +46,7 @@ def load_initial_weights(model: keras.Model, path: Path) -> None:
 def build(fresh_model: ModelFactory, cfg: ModelConfig, ctx: RunContext) -> keras.Model:
     """The model to train: a fresh one from the run's factory, started from `cfg.init_weights` if given.
     Its kind and what compiled it are tagged; its compile config is logged as a file."""
-    model = fresh_model()
+    model = fresh_model(distributed=True)
     optimizer = model.optimizer
     precision = ", mixed_bfloat16" if fresh_model.training.mixed_precision else ""
     compiled = "compiled by the model itself" if fresh_model.compiled_by == "model" else "compiled from training.*"
@@ -54,12 +55,16 @@ def build(fresh_model: ModelFactory, cfg: ModelConfig, ctx: RunContext) -> keras
         model.name, model_kind(model), cfg.target, f"{model.count_params():,}", type(optimizer).__name__,
         float(keras.ops.convert_to_numpy(optimizer.learning_rate)), compiled, precision,
     )
+    if fresh_model.strategy:
+        log.info("build   | %s", describe(fresh_model.strategy, fresh_model.training.batch_size))
     if cfg.init_weights:
         path = Path(cfg.init_weights).expanduser().resolve()
-        load_initial_weights(model, path)
+        with fresh_model.scope():
+            load_initial_weights(model, path)
         log.info("build   | started from the weights in %s", path)
     ctx.paths.model_summary.write_text(summary_text(model))
     ctx.paths.compile_config.write_text(json.dumps(model.get_compile_config(), indent=2, default=str))
     ctx.tracker.log_files([ctx.paths.model_summary, ctx.paths.compile_config])
-    ctx.tracker.set_tags({"model_kind": model_kind(model), "compiled_by": fresh_model.compiled_by})
+    replicas = fresh_model.strategy.num_replicas_in_sync if fresh_model.strategy else 1
+    ctx.tracker.set_tags({"model_kind": model_kind(model), "compiled_by": fresh_model.compiled_by, "replicas": replicas})
     return model

@@ -7,6 +7,7 @@ import time
 from typing import Callable, Optional
 
 import keras
+import tensorflow as tf
 
 from pipeline.background import Writes, in_background
 from pipeline.checkpoints import CheckpointRecord, PolicyCheckpoint
@@ -219,7 +220,8 @@ def fit(
 
     epochs, batch_size = training.epochs, training.batch_size
     steps = math.ceil(len(data.x_train) / batch_size)
-    model.steps_per_execution = training.steps_per_call(checkpoint.policy)  # compile's, for user models that compile themselves too
+    distributed = isinstance(model.distribute_strategy, tf.distribute.MirroredStrategy)
+    model.steps_per_execution = training.steps_per_call(checkpoint.policy, distributed)  # compile's, for user models that compile themselves too
     # One fit() an epoch (the rest of it, for one stopped midway), seen by the callbacks as one
     # training: Keras's calls of several steps then end where the epoch does, never taking the
     # next epoch's first batches, so the weights are those of one step a call.
