@@ -6,7 +6,7 @@ import socket
 
 
 def owner_tags() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}  # tag values: strings, as a tracking server takes them
 
 
 def process_alive(tags: dict) -> bool:

@@ -2,7 +2,9 @@
 
 For runs whose tracking server went away, or that ran where no server was reachable:
 the folder's journal holds every param, metric (with its steps) and tag the run logged,
-and the folder holds its artifacts. They become one new run, tagged `synced_from`.
+and the folder holds its artifacts. They become one new run, tagged `synced_from`; or, if
+the store still holds the job's own run as it was left when the server went away (RUNNING),
+that run gets what it is missing and is ended as the job ended.
 """
 
 import argparse
@@ -16,7 +18,7 @@ from pipeline.config import TrackingConfig
 from pipeline.console import plain_console, quiet_libraries
 from pipeline.errors import PipelineError, report
 from pipeline.paths import RunPaths
-from pipeline.tracking.journal import JOURNAL, journaled, upload_journaled
+from pipeline.tracking.journal import JOURNAL, journaled, not_yet_sent, upload_journaled
 from pipeline.tracking.store import command_line_tracking_uri, connect
 
 
@@ -28,12 +30,16 @@ def sync(output_dir: Path, tracking_uri: str) -> str:
     config = OmegaConf.load(paths.resolved_config)
     client, experiment_id = connect(TrackingConfig(uri=tracking_uri, experiment=config.tracking.experiment), config.paths.root)
     already = client.search_runs([experiment_id], f"tags.output_dir = '{paths.root}'", max_results=1)
-    if already:
+    if already and already[0].info.status != "RUNNING":
         raise PipelineError(f"{output_dir} is already in {tracking_uri} as run {already[0].info.run_id}; nothing was uploaded")
 
     logged = journaled(paths.root / JOURNAL)
-    logged.tags = {k: v for k, v in logged.tags.items() if k != "mlflow_model_uri"}  # that model lives in the original store
-    run_id = client.create_run(experiment_id, run_name=logged.tags.get(MLFLOW_RUN_NAME), tags={**logged.tags, "synced_from": str(paths.root)}).info.run_id
+    if already:  # the job's own run, left RUNNING when its server went away mid-run and since came back: completed
+        run_id = already[0].info.run_id
+        logged.metrics = not_yet_sent(client, run_id, logged.metrics)
+    else:
+        logged.tags = {k: v for k, v in logged.tags.items() if k != "mlflow_model_uri"}  # that model lives in the original store
+        run_id = client.create_run(experiment_id, run_name=logged.tags.get(MLFLOW_RUN_NAME), tags={**logged.tags, "synced_from": str(paths.root)}).info.run_id
     upload_journaled(client, run_id, paths.root, logged, with_checkpoints=True)  # their LoggedModels live in the original store, if anywhere
     client.set_terminated(run_id, logged.status)
     return run_id

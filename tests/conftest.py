@@ -9,12 +9,8 @@ import io
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,6 +20,10 @@ from mlflow import MlflowClient
 import pipeline.config  # noqa: F401  (registers the schema)
 from pipeline.paths import CONF_DIR as CONF
 from pipeline.paths import PROJECT_DIR as PROJECT
+
+sys.path.insert(0, str(PROJECT))
+from benchmarks.servers import PostgreSQL, Unavailable, free_port, start_mlflow_server, stop, wait_for  # noqa: E402,F401  (the tests' servers too)
+
 EXPERIMENT = "save-and-load"
 
 
@@ -136,49 +136,14 @@ def tmpfs(tmp_path):
 # --- servers on 127.0.0.1 -----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()[-3000:]
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """End the server and every process it started (its session), waiting until all are gone."""
-    os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        process.poll()
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def start_mlflow_server(store_uri: str, artifacts: Path) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` over a store, proxying artifacts into `artifacts`, on a free loopback port."""
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri, "--artifacts-destination", str(artifacts)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(f"{url}/health", server)
-    return server, url
+@pytest.fixture(scope="session")
+def postgresql():
+    try:
+        server = PostgreSQL()
+    except Unavailable as missing:
+        pytest.skip(str(missing))
+    yield server
+    server.stop()
 
 
 def mlp_factory(input_shape: tuple, num_classes: int, hidden_units: int = 32):

@@ -5,7 +5,7 @@ Each command is taken from the README's shell blocks and run through the real CL
 overrides appended that shrink the work (64 examples, one epoch, two trials of a search); the choices it makes (models,
 formats, policies, callbacks) stay as written. Some are run, with the same choices, by the tests
 about them, and are not run twice: the conv net in three formats (test_tutorial.py), the
-joblib and submitit sweeps (test_sweeps.py), the user-model commands (test_user_models.py). A SLURM launcher needs a cluster, so its
+joblib and submitit sweeps (test_sweeps.py), a sweep on the team server (test_tracking_server.py), the user-model commands (test_user_models.py). A SLURM launcher needs a cluster, so its
 command is only composed (test_sweeps.py). The default command, inspect, reproduce, sync,
 serving and the tracking server have tests of their own.
 """
@@ -37,7 +37,7 @@ COMMANDS = [c for c in readme_commands() if not any(a.startswith(RUN_ELSEWHERE) 
 
 
 def test_the_readme_has_the_commands_this_file_runs():
-    assert len(COMMANDS) >= 6 and len(readme_commands()) == len(COMMANDS) + 8
+    assert len(COMMANDS) >= 6 and len(readme_commands()) == len(COMMANDS) + 9
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=[" ".join(c)[:60] for c in COMMANDS])

@@ -78,6 +78,12 @@ def read_metrics(journal: Path) -> dict[str, dict[int, float]]:
     return metrics
 
 
+def not_yet_sent(client: MlflowClient, run_id: str, metrics: list[Metric]) -> list[Metric]:
+    """The journaled metrics a run does not hold yet, by name and step."""
+    sent = {(m.key, m.step) for key in {m.key for m in metrics} for m in client.get_metric_history(run_id, key)}
+    return [m for m in metrics if (m.key, m.step) not in sent]
+
+
 def log_batches(client: MlflowClient, run_id: str, params: Optional[dict] = None, metrics: Optional[list[Metric]] = None) -> None:
     """Params and metrics in as few calls as MLflow's batch limits allow."""
     params_list = [Param(k, str(v)) for k, v in (params or {}).items()]

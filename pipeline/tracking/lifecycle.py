@@ -16,7 +16,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pipeline.config import TrackingConfig
 from pipeline.errors import PipelineError
-from pipeline.tracking.journal import JOURNAL, journaled, upload_journaled
+from pipeline.tracking.journal import JOURNAL, journaled, not_yet_sent, upload_journaled
 from pipeline.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,7 @@ def reopen(client: MlflowClient, run_id: str) -> None:
 def catch_up(client: MlflowClient, run_id: str, output_dir: Path) -> None:
     """Log what an interrupted session journaled or staged but had not yet sent when it was killed."""
     logged = journaled(output_dir / JOURNAL)
-    sent = {(m.key, m.step) for key in {m.key for m in logged.metrics} for m in client.get_metric_history(run_id, key)}
-    logged.metrics = [m for m in logged.metrics if (m.key, m.step) not in sent]
+    logged.metrics = not_yet_sent(client, run_id, logged.metrics)
     logged.tags = {}  # the resumed session sets its own
     upload_journaled(client, run_id, output_dir, logged)
 
