@@ -1,6 +1,6 @@
 """The pipeline's cost against plain Keras doing the same work, measured in one run.
 
-    python benchmarks/run.py [--repeats 3] [--sections tutorial,throughput,formats,deploy,sweeps,checkpoints]
+    python benchmarks/run.py [--repeats 3] [--sections tutorial,throughput,formats,deploy,sweeps,checkpoints,servers]
                              [--out outputs/benchmarks] [--mlflow] [--tiny]
 
 1. tutorial:   benchmarks/plain_keras.py against `python -m pipeline` on the tutorial's work,
@@ -18,6 +18,9 @@
 6. checkpoints: an MLP of 100 million parameters checkpointing every epoch, written on the training
                thread and in the background, against plain `fit` writing nothing: steady epoch
                seconds and peak memory, each side in its own process.
+7. servers:    2, 4 and 8 jobs logging metrics and artifacts at once to `mlflow server` on a sqlite
+               file and on PostgreSQL: metric values per second, call latency, failures, and
+               what the server does not hold afterwards.
 
 Plain Keras (A) and the pipeline (B) alternate, each is repeated, and the tables give
 medians and B/A ratios. They are printed as Markdown, written to OUT/results.md and, with
@@ -80,12 +83,16 @@ class Sizes:
     large_hidden_units: int = 126000  # 100 million parameters
     large_examples: int = 6144  # about 22 s an epoch here
     large_epochs: int = 4
+    server_writers: tuple = (2, 4, 8)
+    server_steps: int = 100
+    server_artifact_every: int = 10
 
     @classmethod
     def tiny(cls) -> "Sizes":
         return cls(
             tutorial_examples=100, tutorial_epochs=2, throughput_train=512, throughput_test=128, throughput_epochs=2, batch_sizes=(32,), hidden_units=(16, 800),
             deploy_epochs=1, sweep_jobs=2, large_hidden_units=64, large_examples=512, large_epochs=3,
+            server_writers=(2,), server_steps=4, server_artifact_every=2,
         )  # fmt: skip
 
 
@@ -552,7 +559,128 @@ def checkpoints(repeats: int, sizes: Sizes, scratch: Path) -> Table:
     return table
 
 
-SECTION_RUNNERS: dict[str, Callable[[int, Sizes, Path], Table]] = {"tutorial": tutorial, "throughput": throughput, "formats": formats, "deploy": deploy, "sweeps": sweeps, "checkpoints": checkpoints}
+# --- 7. a team's tracking server under load ---------------------------------------------------------
+
+LOGGED_EACH_STEP = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")  # an epoch's metrics, as a run logs them
+
+
+def writer(url: str, experiment_id: str, name: str, steps: int, artifact_every: int) -> dict:
+    """One job's logging, in a process of its own: a run, one batch of metrics a step, a small
+    artifact every `artifact_every` steps, the run ended. Waits for a line on stdin before it
+    starts, so that every writer's imports are done before the clock runs. A call that fails
+    (after MLflow's own retries) is counted and the writer goes on."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(url)
+    with tempfile.TemporaryDirectory() as folder:
+        artifact = Path(folder) / "state.json"
+        artifact.write_text(json.dumps({"values": list(range(2000))}))  # about 10 KB, a checkpoint's note or a plot's size
+        print("ready", flush=True)
+        sys.stdin.readline()
+        run_id = client.create_run(experiment_id, run_name=name).info.run_id
+        latencies, failures = [], []
+        for step in range(steps):
+            start = time.perf_counter()
+            try:
+                client.log_batch(run_id, metrics=[Metric(key, step / (i + 1), int(time.time() * 1000), step) for i, key in enumerate(LOGGED_EACH_STEP)])
+                if (step + 1) % artifact_every == 0:
+                    client.log_artifact(run_id, str(artifact), artifact_path=f"step-{step:04d}")
+            except Exception as error:  # noqa: BLE001  (a failed call is what this measures)
+                failures.append(f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
+            latencies.append(time.perf_counter() - start)
+    client.set_terminated(run_id, "FINISHED")
+    return {"run_id": run_id, "latencies": latencies, "failures": failures}
+
+
+def lost(client, runs: list[dict], steps: int, artifact_every: int) -> int:
+    """Runs not FINISHED, metric values and artifacts the server does not hold, counted."""
+    missing = 0
+    for run in runs:
+        info = client.get_run(run["run_id"]).info
+        missing += info.status != "FINISHED"
+        missing += sum(steps - len(client.get_metric_history(run["run_id"], key)) for key in LOGGED_EACH_STEP)
+        missing += steps // artifact_every - len(client.list_artifacts(run["run_id"]))
+    return missing
+
+
+def servers(repeats: int, sizes: Sizes, scratch: Path) -> Table:
+    """N jobs logging at once to `mlflow server` on a sqlite file and on PostgreSQL, alternating."""
+    from mlflow import MlflowClient
+
+    from benchmarks.servers import PostgreSQL, Unavailable, start_mlflow_server, stop
+
+    steps, artifact_every = sizes.server_steps, sizes.server_artifact_every
+    stores, started, notes, errors = {}, [], [], set()
+    try:
+        stores["sqlite"] = f"sqlite:///{scratch / 'team.db'}"
+        try:
+            postgresql = PostgreSQL(durable=True)
+            started.append(postgresql.stop)
+            stores["postgresql"] = postgresql.database("mlflow")
+        except Unavailable as missing:
+            notes.append(f"The PostgreSQL rows are left out: {missing}.")
+        urls = {}
+        for store, uri in stores.items():
+            process, urls[store] = start_mlflow_server(uri, scratch / f"{store}-artifacts")
+            started.append(lambda process=process: stop(process))
+
+        def load(store: str, n: int) -> Callable[[], dict]:
+            def side() -> dict:
+                client = MlflowClient(urls[store])
+                experiment_id = client.create_experiment(f"load-{n}-{time.time_ns()}")
+                command = [sys.executable, __file__, "--writer", urls[store], experiment_id, str(steps), str(artifact_every)]
+                env = {**environment(), "MLFLOW_DISABLE_TELEMETRY": "true"}  # see the note below
+                jobs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) for _ in range(n)]
+                for job in jobs:
+                    if job.stdout.readline().strip() != "ready":
+                        raise RuntimeError(f"a writer failed to start:\n{job.communicate()[0][-3000:]}")
+                start = time.perf_counter()
+                for job in jobs:
+                    job.stdin.write("go\n")
+                    job.stdin.flush()
+                runs = [json.loads(job.communicate()[0].strip().splitlines()[-1]) for job in jobs]
+                seconds = time.perf_counter() - start
+                latencies = sorted(t for run in runs for t in run["latencies"])
+                return {
+                    "rate": n * steps * len(LOGGED_EACH_STEP) / seconds, "p50": latencies[len(latencies) // 2], "p95": latencies[int(len(latencies) * 0.95)],
+                    "failures": [f for run in runs for f in run["failures"]], "lost": lost(client, runs, steps, artifact_every),
+                }  # fmt: skip
+
+            return side
+
+        table = Table(
+            f"7. A team's tracking server under load: N jobs at once, each logging {steps} steps of {len(LOGGED_EACH_STEP)} metrics and an artifact every {artifact_every} steps",
+            ["jobs at once", "store", "metric values/s", "vs sqlite", "call p50 ms", "call p95 ms", "failed calls", "lost"],
+        )
+        for n in sizes.server_writers:
+            results = dict(zip(stores, alternate(min(repeats, 3), *(load(store, n) for store in stores))))
+            for store, found in results.items():
+                rate = median([r["rate"] for r in found])
+                sqlite_rate = median([r["rate"] for r in results["sqlite"]])
+                failures, missing = [f for r in found for f in r["failures"]], sum(r["lost"] for r in found)
+                table.rows.append([n, store, rate, rate / sqlite_rate, median([r["p50"] for r in found]) * 1000, median([r["p95"] for r in found]) * 1000, len(failures), missing])
+                table.metrics.update({f"servers/{store}_{n}_metrics_per_second": rate, f"servers/{store}_{n}_lost": missing, f"servers/{store}_{n}_failed_calls": len(failures)})
+                errors.update(f"{store}, {n} jobs: {failure}" for failure in failures)
+    finally:
+        for stopping in reversed(started):
+            stopping()
+    table.notes += [
+        f"Each job a process of its own with its own MlflowClient, started before the clock; `mlflow server --workers 1` on each store, on this "
+        f"machine beside the jobs; PostgreSQL {'with fsync on, as a real server has it' if 'postgresql' in stores else ''}. A call: one `log_batch` of a "
+        f"step's metrics (with that step's artifact upload, where there is one). Failed calls: calls that raised after MLflow's own retries. Lost: runs "
+        f"not FINISHED, metric values and artifacts the server does not hold when all jobs are done. Medians of {min(repeats, 3)}, alternating; "
+        "failed and lost summed over them.",
+        "The jobs run with MLFLOW_DISABLE_TELEMETRY=true: on a machine that cannot reach MLflow's telemetry endpoint, MLflow's telemetry thread "
+        "removes an environment variable (_MLFLOW_TELEMETRY_SESSION_ID) while `requests` reads the environment; with telemetry on, "
+        "3 jobs of 180 here had one call fail with that KeyError, on either store: a race in the client, not load on the server.",
+        *notes,
+        *(f"- Failed: {error}" for error in sorted(errors)),
+    ]
+    return table
+
+
+SECTION_RUNNERS: dict[str, Callable[[int, Sizes, Path], Table]] = {"tutorial": tutorial, "throughput": throughput, "formats": formats, "deploy": deploy, "sweeps": sweeps, "checkpoints": checkpoints, "servers": servers}
 
 
 def log_to_mlflow(tables: list[Table], results: Path, tracking_uri: str, params: dict) -> str:
@@ -583,7 +711,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else outputs/mlflow.db")
     parser.add_argument("--tiny", action="store_true", help="tiny workloads, to check the script itself")
     parser.add_argument("--large-side", nargs=5, metavar=("SIDE", "HIDDEN", "EXAMPLES", "EPOCHS", "ROOT"), help=argparse.SUPPRESS)  # section 6's own processes
+    parser.add_argument("--writer", nargs=4, metavar=("URL", "EXPERIMENT_ID", "STEPS", "ARTIFACT_EVERY"), help=argparse.SUPPRESS)  # section 7's
     args = parser.parse_args(argv)
+    if args.writer:
+        url, experiment_id, steps, artifact_every = args.writer
+        print(json.dumps(writer(url, experiment_id, f"writer {os.getpid()}", int(steps), int(artifact_every))))
+        return 0
     if args.large_side:
         side, hidden, examples, epochs, root = args.large_side
         print(json.dumps(large_model_side(side, int(hidden), int(examples), int(epochs), Path(root))))

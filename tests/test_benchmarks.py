@@ -76,9 +76,15 @@ def test_tiny_run_writes_every_table_and_logs_it_to_mlflow(tmp_path):
     for row in large:  # each side's steady epoch against plain fit's; a whole training outlasts its first epoch; memory was measured
         assert number(row[3]) == pytest.approx(number(row[2]) / number(large[0][2]), rel=0.02)
         assert number(row[5]) > number(row[1]) and number(row[6]) > 0.1
-    assert "### 6. Checkpoints of a large model" in result.stdout  # the tables are printed as well as written
+    servers = rows(text, "7. A team's tracking server under load")
+    stores = ["sqlite", "postgresql"] if "PostgreSQL rows are left out" not in text else ["sqlite"]
+    assert [(r[0], r[1]) for r in servers] == [("2", store) for store in stores]
+    for row in servers:  # every write landed: no call failed, the server holds every run, value and artifact
+        assert number(row[2]) > 0 and row[6] == "0" and row[7] == "0"
+        assert number(row[3]) == pytest.approx(number(row[2]) / number(servers[0][2]), rel=0.02)
+    assert "### 7. A team's tracking server under load" in result.stdout  # the tables are printed as well as written
 
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("benchmarks").experiment_id])
-    assert {"tutorial/work_seconds_ratio", "tutorial/whole_ratio", "throughput/batch32_ratio", "throughput/batch32_default_ratio", "deploy/mlp800/litert/latency_ms_batch1", "sweeps/joblib_jobs_per_minute", "checkpoints/background_epoch_ratio"} <= set(run.data.metrics)
+    assert {"tutorial/work_seconds_ratio", "tutorial/whole_ratio", "throughput/batch32_ratio", "throughput/batch32_default_ratio", "deploy/mlp800/litert/latency_ms_batch1", "sweeps/joblib_jobs_per_minute", "checkpoints/background_epoch_ratio", "servers/sqlite_2_metrics_per_second", "servers/sqlite_2_lost"} <= set(run.data.metrics)
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["results.md"]
