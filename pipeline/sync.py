@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from pipeline.config import TrackingConfig
 from pipeline.console import plain_console, quiet_libraries
 from pipeline.errors import PipelineError, report
+from pipeline.owner import process_alive
 from pipeline.paths import RunPaths
 from pipeline.tracking.journal import JOURNAL, journaled, not_yet_sent, upload_journaled
 from pipeline.tracking.store import command_line_tracking_uri, connect
@@ -32,6 +33,9 @@ def sync(output_dir: Path, tracking_uri: str) -> str:
     already = client.search_runs([experiment_id], f"tags.output_dir = '{paths.root}'", max_results=1)
     if already and already[0].info.status != "RUNNING":
         raise PipelineError(f"{output_dir} is already in {tracking_uri} as run {already[0].info.run_id}; nothing was uploaded")
+    if already and process_alive(already[0].data.tags):  # its job is still writing the folder
+        tags = already[0].data.tags
+        raise PipelineError(f"run {already[0].info.run_id} of {output_dir} is still running (process {tags['pid']} on {tags['host']}); sync it once that process has ended")
 
     logged = journaled(paths.root / JOURNAL)
     if already:  # the job's own run, left RUNNING when its server went away mid-run and since came back: completed

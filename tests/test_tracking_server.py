@@ -216,10 +216,19 @@ def test_a_server_restarted_mid_run_gets_the_whole_run_from_sync(server, tmp_pat
     (folder,) = tmp_path.glob("outputs/runs/*")
 
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    sync = subprocess.run([sys.executable, "-m", "pipeline.sync", str(folder), "--tracking-uri", server.url], env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "pipeline.sync", str(folder), "--tracking-uri", server.url]
+    client = MlflowClient(server.url)
+    left = single_run(client)
+    assert left.info.status == "RUNNING"  # as the lost server left it
+    client.set_tag(left.info.run_id, "pid", str(os.getpid()))  # as if its job were still going: this process is alive
+    busy = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert busy.returncode == 1 and busy.stderr.strip().splitlines() == [
+        f"error: run {left.info.run_id} of {folder} is still running (process {os.getpid()} on {left.data.tags['host']}); sync it once that process has ended"
+    ]
+    client.set_tag(left.info.run_id, "pid", left.data.tags["pid"])  # the job's own process, which has ended
+    sync = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
     assert sync.returncode == 0, sync.stderr[-3000:]
-    client = MlflowClient(server.url)
     run = single_run(client)  # the job's own run, completed: not a second one
     assert run.info.status == "FINISHED" and "synced_from" not in run.data.tags
     assert [m.step for m in sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)] == list(range(25))
