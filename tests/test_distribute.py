@@ -154,3 +154,23 @@ def test_keras_fit_still_fails_under_multi_worker_mirrored_strategy():
 def test_several_steps_a_call_is_refused_under_mirrored(make_cfg):
     with pytest.raises(ConfigError, match=r"training.steps_per_execution=4 does not run under distribute=mirrored: .*keras/issues/19246\); leave it unset"):
         validate(make_cfg("distribute=mirrored", "training.steps_per_execution=4", "data=digits"))
+
+
+@pytest.mark.slow
+def test_a_sweep_over_every_checkpoint_policy_in_the_background_trains_as_the_plain_mirrored_run(mirrored, tmp_path):
+    """A joblib sweep of mirrored jobs, each with another checkpoint policy, written in the
+    background: every job finishes with its checkpoint reloaded, and with the weights of the
+    mirrored run that wrote its checkpoints on the training thread."""
+    _, _, _, reference = mirrored
+    policies = ["every_epoch", "best_only", "every_n_batches", "every_n_epochs"]
+    command = ["-m", *MIRRORED, f"checkpoint={','.join(policies)}", "checkpoint.background=true", "save=[keras]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    result = run_cli(*command, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client = client_for(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    jobs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.params["checkpoint.policy"] for r in jobs) == sorted(policies) and len(runs) == len(jobs) + 1
+    for job in jobs:
+        assert job.info.status == "FINISHED" and job.data.tags["replicas"] == "2" and job.data.metrics["checkpoint/verified"] == 1.0
+        assert job.data.tags["weights_sha256"] == reference.data.tags["weights_sha256"]
