@@ -18,9 +18,9 @@ import keras
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import distribute
 from pipeline.config import Config
 from pipeline.console import RETRACING, move_log_file, without
-from pipeline import distribute
 from pipeline.context import RunContext
 from pipeline.determinism import seed_everything
 from pipeline.errors import PipelineError

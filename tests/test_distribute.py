@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -16,7 +15,7 @@ from conftest import EXPERIMENT, PROJECT, run_cli
 from pipeline.config import MULTI_WORKER_REFUSED
 from pipeline.errors import ConfigError
 from pipeline.validation import validate
-from test_reproduce_resume import client_for, history, start_cli
+from test_reproduce_resume import client_for, history, signal_when
 
 EVERY_FORMAT = "save=[keras,h5,weights,savedmodel,tf_checkpoint,onnx,litert,openvino]"
 MIRRORED = ["distribute=mirrored", "distribute.devices=2", "data=digits", "training.epochs=3", "training.verbose=2", "tracking.system_metrics=false"]
@@ -88,12 +87,7 @@ def test_killed_mid_epoch_a_mirrored_run_resumes_to_the_uninterrupted_weights(tm
     whole = run_cli(*command, cwd=tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
-    process, deadline = start_cli(command, tmp_path), time.monotonic() + 300
-    while not list(tmp_path.glob("outputs/runs/*/resume/epoch-0001-batch-*.json")):  # inside epoch 2
-        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()[-3000:]
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    signal_when(command, tmp_path, "epoch-0001-batch-*.json", signal.SIGKILL)  # inside epoch 2
     resumed = run_cli(*command, cwd=tmp_path)
 
     assert resumed.returncode == 0, resumed.stderr[-3000:]

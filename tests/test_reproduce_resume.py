@@ -151,16 +151,22 @@ def start_cli(args, cwd):
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=deliverable_ctrl_c)
 
 
-def interrupt_after(args, cwd, epoch: int, sig) -> None:
-    """Start the CLI and send `sig` once the training state of `epoch` is on disk, before training ends."""
+def signal_when(args, cwd, state: str, sig) -> None:
+    """Start the CLI and send `sig` once a training state matching `state` (under the run's
+    `resume/`) is on disk, before training ends; returns when the process has ended."""
     process = start_cli(args, cwd)
     deadline = time.monotonic() + 300
-    while not list(cwd.glob(f"outputs/runs/*/resume/epoch-{epoch:04d}.json")):
+    while not list(cwd.glob(f"outputs/runs/*/resume/{state}")):
         assert process.poll() is None, process.stdout.read()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.02)
     process.send_signal(sig)
     process.wait(timeout=60)
+
+
+def interrupt_after(args, cwd, epoch: int, sig) -> None:
+    """Start the CLI and send `sig` once the training state of `epoch` is on disk, before training ends."""
+    signal_when(args, cwd, f"epoch-{epoch:04d}.json", sig)
     states = sorted(p.name for p in cwd.glob("outputs/runs/*/resume/epoch-*.json"))
     assert states and int(states[-1][6:10]) < 20, "training finished before the interrupt"
 

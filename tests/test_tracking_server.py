@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from conftest import EXPERIMENT, PROJECT, checkpoint_models, free_port, run_cli, start_mlflow_server, stop
-from test_reproduce_resume import start_cli
+from test_reproduce_resume import signal_when, start_cli
 
 pytestmark = pytest.mark.slow
 
@@ -181,12 +181,7 @@ def test_a_job_killed_without_a_signal_resumes_its_run_on_the_server(server, tmp
     whole = run_cli(*command, cwd=tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
-    job, deadline = start_cli(command, tmp_path), time.monotonic() + 300
-    while not list(tmp_path.glob("outputs/runs/*/resume/epoch-0001-batch-*.json")):  # inside epoch 2
-        assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()[-3000:]
-        time.sleep(0.05)
-    job.send_signal(signal.SIGKILL)
-    job.wait()
+    signal_when(command, tmp_path, "epoch-0001-batch-*.json", signal.SIGKILL)  # inside epoch 2
     client = MlflowClient(server.url)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     (killed,) = [r for r in client.search_runs([experiment_id]) if r.info.status == "RUNNING"]  # as a kill leaves it

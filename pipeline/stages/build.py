@@ -65,6 +65,5 @@ def build(fresh_model: ModelFactory, cfg: ModelConfig, ctx: RunContext) -> keras
     ctx.paths.model_summary.write_text(summary_text(model))
     ctx.paths.compile_config.write_text(json.dumps(model.get_compile_config(), indent=2, default=str))
     ctx.tracker.log_files([ctx.paths.model_summary, ctx.paths.compile_config])
-    replicas = fresh_model.strategy.num_replicas_in_sync if fresh_model.strategy else 1
-    ctx.tracker.set_tags({"model_kind": model_kind(model), "compiled_by": fresh_model.compiled_by, "replicas": replicas})
+    ctx.tracker.set_tags({"model_kind": model_kind(model), "compiled_by": fresh_model.compiled_by, "replicas": model.distribute_strategy.num_replicas_in_sync})
     return model

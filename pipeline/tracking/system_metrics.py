@@ -25,12 +25,13 @@ def monitors() -> list:
     from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
     from mlflow.system_metrics.metrics.rocm_monitor import ROCMMonitor
 
+    found = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
     for gpu in (GPUMonitor, ROCMMonitor):
         try:
-            return [CPUMonitor(), DiskMonitor(), NetworkMonitor(), gpu()]
+            return [*found, gpu()]
         except Exception:  # no such GPU, or no driver for it
             continue
-    return [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
+    return found
 
 
 class SystemMetrics:
