@@ -26,10 +26,10 @@ class TrainingEpochs:
     """The training set, one tf.data stream an epoch, each shuffled by (seed, epoch) alone.
 
     Keras's own shuffling draws from one generator for the whole fit, so a resumed run would
-    see different batches; here epoch e's order depends only on (seed, e). Each epoch is one
-    gather into a shuffled copy, then plain slices: cheaper per step than a shuffle buffer or
-    a gather per batch. Batches are prepared ahead. The arrays become tensors once, for every
-    epoch. `x` is an array, or files with a `decode` (pipeline.datasets.ImageFiles): then the
+    see different batches; here epoch e's order depends only on (seed, e). Each batch is one
+    gather of its rows, in that order, from tensors made once for every epoch: no copy of the
+    whole set an epoch, and one op a batch rather than one an example. Batches are prepared
+    ahead. `x` is an array, or files with a `decode` (pipeline.datasets.ImageFiles): then the
     paths are shuffled, and each is decoded as its batch is made, in order.
     """
 
@@ -45,10 +45,17 @@ class TrainingEpochs:
         import tensorflow as tf
 
         order = tf.random.experimental.stateless_shuffle(tf.range(self.size, dtype=tf.int64), seed=tf.constant([self.seed, epoch], tf.int64))
-        examples = tf.data.Dataset.from_tensor_slices((tf.gather(self.features, order), tf.gather(self.labels, order)))
         if self.decode:
+            examples = tf.data.Dataset.from_tensor_slices((tf.gather(self.features, order), tf.gather(self.labels, order)))
             examples = examples.map(lambda path, label: (self.decode(path), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return examples.batch(self.batch_size).skip(first_batch).prefetch(tf.data.AUTOTUNE)
+            return examples.batch(self.batch_size).skip(first_batch).prefetch(tf.data.AUTOTUNE)
+
+        def batch(start):
+            rows = order[start : start + self.batch_size]
+            return tf.gather(self.features, rows), tf.gather(self.labels, rows)
+
+        starts = tf.data.Dataset.range(first_batch * self.batch_size, self.size, self.batch_size)
+        return starts.map(batch).prefetch(tf.data.AUTOTUNE)
 
 
 def validation_dataset(x, y: np.ndarray, batch_size: int):

@@ -81,8 +81,11 @@ def test_each_epochs_order_depends_only_on_seed_and_epoch(seed):
     epochs = TrainingEpochs(x, y, 4, seed)
     whole = [labels.numpy().tolist() for epoch in range(3) for _, labels in epochs.epoch(epoch)]
     resumed = [labels.numpy().tolist() for epoch in (1, 2) for _, labels in TrainingEpochs(x, y, 4, seed).epoch(epoch)]  # a new session
+    mid_epoch = [labels.numpy().tolist() for _, labels in TrainingEpochs(x, y, 4, seed).epoch(1, first_batch=1)]
 
     assert resumed == whole[3:]  # three batches an epoch
+    assert mid_epoch == whole[4:6]  # resumed after an epoch's first batch: the rest of it
+    assert all((features.numpy()[:, 0] == 2 * labels.numpy()).all() for features, labels in epochs.epoch(0))  # each row with its label
     assert sorted(sum(whole[:3], [])) == list(range(10))  # an epoch is a permutation of the examples
     assert whole[:3] != whole[3:6]  # and each epoch has its own
 
