@@ -471,10 +471,11 @@ def sweeps(repeats: int, sizes: Sizes, scratch: Path) -> Table:
 
 # --- 6. checkpoints of a large model ----------------------------------------------------------------
 
-LARGE_SIDES = {
-    "plain": "plain fit, no checkpoints",
-    "synchronous": "pipeline, checkpoint.background=false (the default on a CPU)",
-    "background": "pipeline, checkpoint.background=true (the default on a GPU)",
+LARGE_SIDES = {  # name: (row, overrides); "plain..." sides train with plain fit, the others run the fit stage
+    "plain": ("plain fit, no checkpoints", []),
+    "plain_malloc": ("plain fit, no checkpoints, TensorFlow's default CPU allocator", ["training.cpu_allocator=malloc"]),
+    "synchronous": ("pipeline, checkpoint.background=false", ["checkpoint.background=false"]),
+    "background": ("pipeline, checkpoint.background=true", ["checkpoint.background=true"]),
 }
 
 
@@ -491,12 +492,12 @@ def large_model_side(side: str, hidden_units: int, examples: int, epochs: int, r
     config = settings(
         [
             f"model.hidden_units={hidden_units}", f"data.train_size={examples}", "data.test_size=256", f"training.epochs={epochs}", "training.batch_size=256",
-            "training.verbose=0", "checkpoint=every_epoch", f"checkpoint.background={side == 'background'}", "tracking.system_metrics=false",
+            "training.verbose=0", "checkpoint=every_epoch", "tracking.system_metrics=false", *LARGE_SIDES[side][1],
         ],
         root,
     )  # fmt: skip
     data = load_data(config.data)
-    if side == "plain":
+    if side.startswith("plain"):
         keras.utils.set_random_seed(config.seed)
         model = ModelFactory(config.model, config.training, data.input_shape, data.num_classes)()
         (timer, ends), start = epoch_timer(), time.time()
@@ -547,14 +548,16 @@ def checkpoints(repeats: int, sizes: Sizes, scratch: Path) -> Table:
         ratio = steady[name] / steady["plain"]
         target = "<= 1.05" if name == "background" else ""
         first, whole = median([first_and_steady(r["start"], r["ends"])[0] for r in found]), median([r["done"] - r["start"] for r in found])
-        table.rows.append([LARGE_SIDES[name], first, steady[name], ratio, target, whole, median([r["peak_bytes"] for r in found]) / 1e9])
+        table.rows.append([LARGE_SIDES[name][0], first, steady[name], ratio, target, whole, median([r["peak_bytes"] for r in found]) / 1e9])
         table.metrics[f"checkpoints/{name}_epoch_ratio"] = ratio
     table.notes.append(
         f"Steady: the median epoch after the first, each epoch's end taken when its metrics were logged. Training s: from the start of "
         f"training until `fit` returned, the last checkpoint written. Each side in a process of its own (peak memory: its maximum resident "
         f"set), {'after emptying the page cache' if all(dropped) else 'without emptying the page cache (not root)'}; medians of {repeats}, "
         "alternating. The pipeline's sides also log to MLflow and write the training state every epoch (a hard link to the epoch's "
-        "checkpoint); the checkpoint LoggedModels are uploaded on the tracking thread."
+        "checkpoint); the checkpoint LoggedModels are uploaded on the tracking thread. Every side but one runs with TensorFlow's BFC "
+        "allocator on the CPU, the pipeline's default (`training.cpu_allocator`); the one with TensorFlow's own default shows what that "
+        "choice is worth."
     )
     return table
 

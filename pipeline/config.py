@@ -38,6 +38,11 @@ class CheckpointFormat(Enum):
     tf_checkpoint = "tf_checkpoint"  # tf.train.Checkpoint: index + data shards
 
 
+class CpuAllocator(Enum):
+    bfc = "bfc"  # TensorFlow's BFC allocator: freed buffers kept for the next step (pipeline.allocator)
+    malloc = "malloc"  # TensorFlow's default on the CPU: each buffer from the system, and back to it
+
+
 class Mode(Enum):
     min = "min"
     max = "max"
@@ -244,6 +249,9 @@ class TrainingConfig:
     # to TensorFlow, the same weights. None: 16, or 1 with checkpoint=every_n_batches, which writes
     # at exact steps between calls.
     steps_per_execution: Optional[int] = None
+    # Where TensorFlow takes CPU memory from: bfc keeps freed buffers for the next step, where malloc
+    # (TensorFlow's default) maps a large one afresh each step. The same weights (pipeline.allocator).
+    cpu_allocator: CpuAllocator = CpuAllocator.bfc
 
     def steps_per_call(self, policy: "CheckpointPolicy", distributed: bool) -> int:
         """`steps_per_execution` as set, or the default for this checkpoint policy (one step, distributed: below)."""

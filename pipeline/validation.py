@@ -13,7 +13,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from pipeline import browser
+from pipeline import allocator, browser
 from pipeline.config import CheckpointPolicy, Config, DataConfig, ModelConfig, Quantize, require
 from pipeline.console import import_tensorflow
 from pipeline.datasets import DataSource, Spec
@@ -40,6 +40,7 @@ def validate(cfg: DictConfig) -> Config:
     _check_formats(settings)
     require(settings.paths.output_dir is not None, "paths.output_dir is not set: run from the command line, or set it to the job's folder")
     settings.check()
+    allocator.configure(settings.training.cpu_allocator)  # before any module might make TensorFlow allocate
     import_modules(settings.imports)
     spec = _peek_data(settings.data)
     # What follows imports Keras (and TensorFlow): the checks above fail in a second.
