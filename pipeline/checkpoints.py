@@ -77,7 +77,6 @@ class PolicyCheckpoint(keras.callbacks.Callback):
         self.writes = writes
         self.format = checkpoint_format(cfg)
         self.by_batch = cfg.policy is CheckpointPolicy.every_n_batches
-        self.async_safe = not self.by_batch  # Keras may then run the batch-end hook, which does nothing, beside the training
         self.resumed = resumed
         self.latest: Optional[CheckpointRecord] = None
         self._epoch = 0  # set as each epoch begins

@@ -127,14 +127,10 @@ class TrainingState(keras.callbacks.Callback):
             for variable in _mid_epoch_variables(self.model):
                 variable.assign(point.arrays[variable.path])
 
-    def on_train_batch_begin(self, batch, logs=None):
-        """Before each batch but the epoch's first, the steps before it are done (reading a weight
-        waits for them): the state is written, and the training stopped, here. A batch-end hook
-        would keep Keras from running its batch hooks beside the training; the epoch's end writes
-        the state after its last batch."""
-        if batch == 0:
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.params["steps"]:  # the epoch's end is near: it writes the state, and stops there if asked
             return
-        done = batch + (self.resumed.batch if self.resumed and self._epoch == self.resumed.epoch else 0)
+        done = batch + 1 + (self.resumed.batch if self.resumed and self._epoch == self.resumed.epoch else 0)
         if interrupts.requested() is not None:
             self._write(self._epoch, done)
             self._stop_if_asked()

@@ -45,9 +45,7 @@ class MlflowMetrics(keras.callbacks.Callback):
 
 
 class ProgressLog(keras.callbacks.Callback):
-    """Keep `progress` at the current epoch and step and, unless Keras draws its progress bar, log one line per epoch.
-    The step is noted as each batch begins (the steps before it are done), not as it ends: a batch-end
-    hook would stop Keras running the batch hooks beside the training."""
+    """Keep `progress` at the current epoch and step and, unless Keras draws its progress bar, log one line per epoch."""
 
     def __init__(self, progress: Progress, epochs: int, log_epochs: bool):
         super().__init__()
@@ -58,11 +56,10 @@ class ProgressLog(keras.callbacks.Callback):
         self.progress.epoch, self._started = epoch + 1, time.perf_counter()
         self._first_step = int(self.model.optimizer.iterations.numpy())  # read once an epoch, not every step
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self.progress.step = self._first_step + batch
+    def on_train_batch_end(self, batch, logs=None):
+        self.progress.step = self._first_step + batch + 1
 
     def on_epoch_end(self, epoch, logs=None):
-        self.progress.step = self._first_step + self.params["steps"]
         if self.log_epochs:
             values = ", ".join(f"{name} {value:.4f}" for name, value in (logs or {}).items())
             log.info("fit     | epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs, values, time.perf_counter() - self._started)
@@ -80,14 +77,6 @@ class Pruning(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def async_safe(callback: keras.callbacks.Callback) -> bool:
-    """Keras's test: a callback that says so, or with no batch-end hooks of its own, lets Keras run
-    the batch-end hooks in a thread beside the training, not waiting for each step's results."""
-    base = keras.callbacks.Callback
-    hooks = ("on_batch_end", "on_train_batch_end", "on_test_batch_end", "on_predict_batch_end")
-    return getattr(callback, "async_safe", False) or all(getattr(getattr(callback, hook), "__func__", None) is getattr(base, hook) for hook in hooks)
-
-
 class OneTraining(keras.callbacks.Callback):
     """Callbacks that see a training fit() runs in parts as one: each epoch (or the rest of an
     epoch stopped midway) is its own fit() call. Only the first part's beginning and the last
@@ -97,7 +86,6 @@ class OneTraining(keras.callbacks.Callback):
     def __init__(self, callbacks: list, parts: int):
         super().__init__()
         self.callbacks, self.parts, self.ended = callbacks, parts, 0
-        self.async_safe = all(map(async_safe, callbacks))  # as Keras would judge them unwrapped
 
     def set_model(self, model):
         super().set_model(model)
