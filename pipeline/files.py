@@ -91,6 +91,15 @@ def hard_linked(source: Path, link: Path) -> bool:
     return True
 
 
+def linked_or_copied(source: Path, target: Path) -> None:
+    """`source`'s bytes at `target`: a second name for them where the file system allows (no
+    gigabytes copied), else a copy. Safe because no file here is ever rewritten in place: a new
+    version is a new file renamed over the old name, which leaves other names' bytes alone."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not hard_linked(source, target):
+        shutil.copy2(source, target)
+
+
 def unwritable(folder: Path) -> Optional[str]:
     """Why `folder` cannot be created or written to, or None if it can."""
     existing = folder.absolute()

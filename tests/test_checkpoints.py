@@ -1,6 +1,7 @@
 """Each checkpoint policy writes the files its name promises, and MLflow receives each as a LoggedModel of the run."""
 
 import json
+from pathlib import Path
 
 import pytest
 import tensorflow as tf
@@ -93,13 +94,18 @@ def test_best_only_writes_only_improvements(make_cfg, client, tmp_path):
     assert [m.tags["epoch"] for m in models if m.tags.get("best") == "true"] == [str(improved[-1])]  # each improvement took the tag over
 
 
-def test_whole_model_checkpoints_restore_optimizer(make_cfg, tmp_path):
+def test_whole_model_checkpoints_restore_optimizer(make_cfg, client, tmp_path):
     run(make_cfg(*TINY, "checkpoint=every_epoch", "checkpoint.weights_only=false", "training.epochs=3"))
 
     assert names(tmp_path / "job" / "checkpoints", "cp-*") == ["cp-0001.keras", "cp-0002.keras", "cp-0003.keras"]
     report = json.loads((tmp_path / "job" / "reports" / "verify.json").read_text())
     checkpoint = next(a for a in report["artifacts"] if a["artifact"] == "checkpoint")
     assert checkpoint["ok"] and checkpoint["optimizer"] == "restored: 6 iterations, 10 variables"
+    # In the local artifact store each LoggedModel's model file is the checkpoint itself: a
+    # second name for its bytes, not a copy written while training ran.
+    for model in checkpoint_models(client, only_run(client)):
+        stored = Path(model.artifact_location.removeprefix("file://")) / "data" / "model.keras"
+        assert stored.stat().st_ino == (tmp_path / "job" / "checkpoints" / model.tags["file"]).stat().st_ino
 
 
 @pytest.mark.parametrize("weights_only", [True, False])

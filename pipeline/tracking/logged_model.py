@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from pipeline.files import hard_linked
+from pipeline.files import files_under, linked_or_copied
 
 MODEL_FILE = Path("data") / "model.keras"  # where MLflow's Keras flavor keeps the model
 ARCHITECTURE = ("config.json", "metadata.json")  # a .keras archive but for its weights
@@ -71,14 +71,28 @@ def checkpoint_model_folder(template: Path, checkpoint: Path, weights_only: bool
     model_file = folder / MODEL_FILE
     model_file.parent.mkdir()
     if not weights_only:  # a whole-model .keras checkpoint is already what the flavor loads
-        if not hard_linked(checkpoint, model_file):
-            shutil.copy2(checkpoint, model_file)
+        linked_or_copied(checkpoint, model_file)
         return folder
     with zipfile.ZipFile(template / MODEL_FILE) as architecture, zipfile.ZipFile(model_file, "w", zipfile.ZIP_STORED) as archive:
         for name in ARCHITECTURE:
             archive.writestr(name, architecture.read(name))
         archive.write(checkpoint, "model.weights.h5")
     return folder
+
+
+def _store(client: MlflowClient, logged: LoggedModel, folder: Path) -> None:
+    """The folder's files as the LoggedModel's artifacts. In a local artifact store, second names
+    for the same bytes where its file system allows, not gigabytes copied while training runs;
+    uploaded by MLflow anywhere else."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    repository = get_artifact_repository(logged.artifact_location)
+    if not isinstance(repository, LocalArtifactRepository):
+        client.log_model_artifacts(logged.model_id, str(folder))
+        return
+    for path in files_under(folder):
+        linked_or_copied(path, Path(repository.artifact_dir) / path.relative_to(folder))
 
 
 def _describe(folder: Path, logged: LoggedModel, run_id: str) -> None:
@@ -99,7 +113,7 @@ def log_model_folder(client: MlflowClient, experiment_id: str, run_id: str, name
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
     if folder is not None:
         _describe(folder, logged, run_id)
-        client.log_model_artifacts(logged.model_id, str(folder))
+        _store(client, logged, folder)
     for path in files:
         client.log_model_artifact(logged.model_id, str(path))
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)

@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from pipeline.files import hard_linked
+from pipeline.files import linked_or_copied
 from pipeline.tracking.journal import JOURNAL, MODEL_STAGING, STAGING, Journal, log_batches, read_metrics, send_staged
 from pipeline.tracking.logged_model import LoggedKerasModel, log_keras_model
 
@@ -143,10 +143,7 @@ class Tracker:
         folder.mkdir(parents=True, exist_ok=True)
         batch = Path(tempfile.mkdtemp(dir=folder))  # unique, even beside what a killed session left
         for path in paths:
-            staged = batch / path.relative_to(self.output_dir)
-            staged.parent.mkdir(parents=True, exist_ok=True)
-            if not hard_linked(path, staged):
-                shutil.copy2(path, staged)
+            linked_or_copied(path, batch / path.relative_to(self.output_dir))
         return batch
 
     def stage_for_model(self, paths: Iterable[Path]) -> Path:
