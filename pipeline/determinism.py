@@ -48,14 +48,28 @@ class TrainingEpochs:
         if self.decode:
             examples = tf.data.Dataset.from_tensor_slices((tf.gather(self.features, order), tf.gather(self.labels, order)))
             examples = examples.map(lambda path, label: (self.decode(path), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            return examples.batch(self.batch_size).skip(first_batch).prefetch(tf.data.AUTOTUNE)
+            return without_autotuning(examples.batch(self.batch_size).skip(first_batch))
 
         def batch(start):
             rows = order[start : start + self.batch_size]
             return tf.gather(self.features, rows), tf.gather(self.labels, rows)
 
         starts = tf.data.Dataset.range(first_batch * self.batch_size, self.size, self.batch_size)
-        return starts.map(batch).prefetch(tf.data.AUTOTUNE)
+        return without_autotuning(starts.map(batch))
+
+
+def without_autotuning(batches):
+    """Batches made ahead (two, while a step runs), with tf.data's autotuning off.
+
+    Each epoch is a fit() of its own, so each epoch's iterator is destroyed as the next begins,
+    and with autotuning on, that waits for the tuning thread's current sleep, which grows to tens
+    of seconds: a ~100M-parameter MLP's epochs of 40 s each stalled for up to 30 s with every
+    core idle. A gather a batch has nothing to tune; a decoding map runs on every core."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return batches.prefetch(2).with_options(options)
 
 
 def validation_dataset(x, y: np.ndarray, batch_size: int):
@@ -64,7 +78,7 @@ def validation_dataset(x, y: np.ndarray, batch_size: int):
     array in batches of 32 whatever the training's). Made once, for every epoch."""
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(max(batch_size, 32)).prefetch(tf.data.AUTOTUNE)
+    return without_autotuning(tf.data.Dataset.from_tensor_slices((x, y)).batch(max(batch_size, 32)))
 
 
 def seed_states(model: keras.Model) -> list:

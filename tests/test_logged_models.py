@@ -4,6 +4,7 @@ found by one query, an evaluation to look at, system metrics, and a promotion ga
 import hashlib
 import logging
 import shutil
+from pathlib import Path
 import zipfile
 
 import keras
@@ -61,6 +62,31 @@ def test_every_checkpoint_is_a_logged_model_with_its_epoch_metrics(default_run):
         with zipfile.ZipFile(local) as keras_file:
             assert keras_file.read("model.weights.h5") == written
         assert model.tags["file_sha256"] == sha256(written)
+
+
+def test_a_local_store_takes_over_files_only_the_model_folder_names(client, tmp_path):
+    """A file written for the LoggedModel becomes the store's by a second name, not a copy of its
+    gigabytes; one with another name outside (a checkpoint of the run) is copied, so that rewriting
+    it there cannot change what the store holds."""
+    from mlflow.models import Model
+
+    from pipeline.tracking.logged_model import log_model_folder
+
+    experiment = client.create_experiment("linking", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(experiment).info.run_id
+    folder, outside = tmp_path / "model", tmp_path / "checkpoint.keras"
+    (folder / "data").mkdir(parents=True)
+    Model().save(folder / "MLmodel")
+    (folder / "data" / "archive.bin").write_bytes(b"written for the model")
+    outside.write_bytes(b"the run's checkpoint")
+    (folder / "data" / "checkpoint.keras").hardlink_to(outside)
+
+    logged = log_model_folder(client, experiment, run_id, "m", folder, [], {})
+    stored = Path(logged.artifact_location.removeprefix("file://")) / "data"
+    assert (stored / "archive.bin").stat().st_ino == (folder / "data" / "archive.bin").stat().st_ino
+    assert (stored / "checkpoint.keras").stat().st_ino != outside.stat().st_ino
+    assert (stored / "checkpoint.keras").read_bytes() == b"the run's checkpoint"
+    assert sorted(a.path for a in client.list_logged_model_artifacts(logged.model_id, "data")) == ["data/archive.bin", "data/checkpoint.keras"]
 
 
 def test_the_best_checkpoint_is_one_query_away_and_loads_with_pyfunc(default_run):

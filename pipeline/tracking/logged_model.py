@@ -81,18 +81,24 @@ def checkpoint_model_folder(template: Path, checkpoint: Path, weights_only: bool
 
 
 def _store(client: MlflowClient, logged: LoggedModel, folder: Path) -> None:
-    """The folder's files as the LoggedModel's artifacts. In a local artifact store, second names
-    for the same bytes where its file system allows, not gigabytes copied while training runs;
-    uploaded by MLflow anywhere else."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    """The folder's files as the LoggedModel's artifacts; uploaded by MLflow, except into a local
+    artifact store, which takes over the files only this folder names (a weights checkpoint's
+    archive, written for it) as they are: a second name, where MLflow would copy gigabytes while
+    training runs. A file with other names (a whole-model checkpoint in the run's folder) is
+    copied, so that rewriting it there cannot change what the store holds."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
 
-    repository = get_artifact_repository(logged.artifact_location)
-    if not isinstance(repository, LocalArtifactRepository):
+    if not is_local_uri(logged.artifact_location, is_tracking_or_registry_uri=False):  # a server's, or a bucket
         client.log_model_artifacts(logged.model_id, str(folder))
         return
     for path in files_under(folder):
-        linked_or_copied(path, Path(repository.artifact_dir) / path.relative_to(folder))
+        target = Path(local_file_uri_to_path(logged.artifact_location)) / path.relative_to(folder)
+        if path.stat().st_nlink == 1:
+            linked_or_copied(path, target)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
 
 
 def _describe(folder: Path, logged: LoggedModel, run_id: str) -> None:
