@@ -93,8 +93,8 @@ def hard_linked(source: Path, link: Path) -> bool:
 
 def linked_or_copied(source: Path, target: Path) -> None:
     """`source`'s bytes at `target`: a second name for them where the file system allows (no
-    gigabytes copied), else a copy. Safe because no file here is ever rewritten in place: a new
-    version is a new file renamed over the old name, which leaves other names' bytes alone."""
+    gigabytes copied), else a copy. For the pipeline's own files, which it never rewrites in
+    place (a new version is a new file renamed over the old name, leaving other names' bytes alone)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if not hard_linked(source, target):
         shutil.copy2(source, target)

@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from pipeline.files import files_under, linked_or_copied
+from pipeline.files import files_under, hard_linked, linked_or_copied
 
 MODEL_FILE = Path("data") / "model.keras"  # where MLflow's Keras flavor keeps the model
 ARCHITECTURE = ("config.json", "metadata.json")  # a .keras archive but for its weights
@@ -94,10 +94,8 @@ def _store(client: MlflowClient, logged: LoggedModel, folder: Path) -> None:
         return
     for path in files_under(folder):
         target = Path(local_file_uri_to_path(logged.artifact_location)) / path.relative_to(folder)
-        if path.stat().st_nlink == 1:
-            linked_or_copied(path, target)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.stat().st_nlink > 1 or not hard_linked(path, target):
             shutil.copy2(path, target)
 
 
