@@ -471,11 +471,12 @@ def sweeps(repeats: int, sizes: Sizes, scratch: Path) -> Table:
 
 # --- 6. checkpoints of a large model ----------------------------------------------------------------
 
-LARGE_SIDES = {  # name: (row, overrides); "plain..." sides train with plain fit, the others run the fit stage
-    "plain": ("plain fit, no checkpoints", []),
-    "plain_malloc": ("plain fit, no checkpoints, TensorFlow's default CPU allocator", ["training.cpu_allocator=malloc"]),
-    "synchronous": ("pipeline, checkpoint.background=false", ["checkpoint.background=false"]),
-    "background": ("pipeline, checkpoint.background=true", ["checkpoint.background=true"]),
+LARGE_SIDES = {  # name: (row, how it trains, overrides); plain fit is fed arrays as Keras's tutorial does, or the pipeline's input
+    "plain": ("plain fit, no checkpoints, on a tf.data Dataset without autotuning (the pipeline's input)", "dataset", []),
+    "plain_arrays": ("plain fit, no checkpoints, on arrays (Keras's own dataset, autotuned)", "arrays", []),
+    "plain_malloc": ("plain fit, no checkpoints, on the same Dataset, TensorFlow's default CPU allocator", "dataset", ["training.cpu_allocator=malloc"]),
+    "synchronous": ("pipeline, checkpoint.background=false", "pipeline", ["checkpoint.background=false"]),
+    "background": ("pipeline, checkpoint.background=true", "pipeline", ["checkpoint.background=true"]),
 }
 
 
@@ -485,26 +486,35 @@ def large_model_side(side: str, hidden_units: int, examples: int, epochs: int, r
     import resource
 
     import keras
+    import tensorflow as tf
 
+    from pipeline.determinism import without_autotuning
     from pipeline.models import ModelFactory
     from pipeline.stages.data import load_data
 
+    _, trains, overrides = LARGE_SIDES[side]
     config = settings(
         [
             f"model.hidden_units={hidden_units}", f"data.train_size={examples}", "data.test_size=256", f"training.epochs={epochs}", "training.batch_size=256",
-            "training.verbose=0", "checkpoint=every_epoch", "tracking.system_metrics=false", *LARGE_SIDES[side][1],
+            "training.verbose=0", "checkpoint=every_epoch", "tracking.system_metrics=false", *overrides,
         ],
         root,
     )  # fmt: skip
     data = load_data(config.data)
-    if side.startswith("plain"):
+    if trains == "pipeline":
+        (start, ends, done), parameters = fit_as_a_run(config, data), None
+    else:
         keras.utils.set_random_seed(config.seed)
         model = ModelFactory(config.model, config.training, data.input_shape, data.num_classes)()
+        if trains == "arrays":
+            inputs = {"x": data.x_train, "y": data.y_train, "batch_size": 256, "validation_data": (data.x_test, data.y_test)}
+        else:  # shuffled each epoch and batched as plain fit does, without tf.data's autotuning (pipeline.determinism says why)
+            batches = tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train)).shuffle(len(data.x_train), seed=config.seed).batch(256)
+            validation = tf.data.Dataset.from_tensor_slices((data.x_test, data.y_test)).batch(256)
+            inputs = {"x": without_autotuning(batches), "validation_data": without_autotuning(validation)}
         (timer, ends), start = epoch_timer(), time.time()
-        model.fit(data.x_train, data.y_train, batch_size=256, epochs=epochs, validation_data=(data.x_test, data.y_test), callbacks=[timer], verbose=0)
+        model.fit(epochs=epochs, callbacks=[timer], verbose=0, **inputs)
         done, parameters = time.time(), model.count_params()
-    else:
-        (start, ends, done), parameters = fit_as_a_run(config, data), None
     return {"start": start, "ends": ends, "done": done, "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "parameters": parameters}
 
 
@@ -555,9 +565,10 @@ def checkpoints(repeats: int, sizes: Sizes, scratch: Path) -> Table:
         f"training until `fit` returned, the last checkpoint written. Each side in a process of its own (peak memory: its maximum resident "
         f"set), {'after emptying the page cache' if all(dropped) else 'without emptying the page cache (not root)'}; medians of {repeats}, "
         "alternating. The pipeline's sides also log to MLflow and write the training state every epoch (a hard link to the epoch's "
-        "checkpoint); the checkpoint LoggedModels are uploaded on the tracking thread. Every side but one runs with TensorFlow's BFC "
-        "allocator on the CPU, the pipeline's default (`training.cpu_allocator`); the one with TensorFlow's own default shows what that "
-        "choice is worth."
+        "checkpoint); the checkpoint LoggedModels are uploaded on the tracking thread. 'vs no checkpoints' is against plain fit on the "
+        "pipeline's input, the faster of the two plain sides: on arrays, each epoch's iterator waits out tf.data's autotuning thread as it "
+        "is replaced, with every core idle. Every side but one runs with TensorFlow's BFC allocator on the CPU, the pipeline's default "
+        "(`training.cpu_allocator`); the one with TensorFlow's own default shows what that choice is worth."
     )
     return table
 

@@ -115,6 +115,15 @@ class Writes:
                 self._pool.shutdown()
 
 
+def snapshot(variables) -> list:
+    """The variables' values now, copied within TensorFlow's memory: what a checkpoint is verified
+    against. (Copied into NumPy, each was fresh memory for the kernel to fault in: 0.6-3 s of CPU a
+    checkpoint for 100M parameters with Adam, against 0.1 s.)"""
+    import tensorflow as tf
+
+    return [tf.raw_ops.DeepCopy(x=keras.ops.convert_to_tensor(v)) for v in variables]
+
+
 def copy_of(model: keras.Model) -> Optional[keras.Model]:
     """A second model built from `model`'s config and compiled like it, its optimizer left unbuilt
     until `model`'s is (so an epoch-0 checkpoint holds what the model's own would); None, with the

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import keras
-import numpy as np
 
-from pipeline.background import Writes, done
+from pipeline.background import Writes, done, snapshot
 from pipeline.config import CheckpointConfig, CheckpointFormat, CheckpointPolicy, Mode
 from pipeline.errors import ConfigError
 from pipeline.formats import FORMATS, SaveFormat
@@ -34,8 +33,8 @@ class CheckpointRecord:
     epoch: int  # epochs completed when it was written
     step: int  # optimizer iterations when it was written
     value: Optional[float]  # checkpoint.monitor when it was written (its training-set twin, by batch): what keep.best ranks
-    weights: list[np.ndarray] = field(default_factory=list)  # these two are filled in as the file is written
-    optimizer_variables: list[np.ndarray] = field(default_factory=list)
+    weights: list = field(default_factory=list)  # these two (tensors) are filled in as the file is written
+    optimizer_variables: list = field(default_factory=list)
     written: Future = field(default_factory=lambda: done(True))  # True once the file is complete; None if its write failed
 
 
@@ -156,8 +155,8 @@ class PolicyCheckpoint(keras.callbacks.Callback):
 
         def write() -> bool:
             self._writer.write(key)
-            record.weights = source.get_weights()
-            record.optimizer_variables = [v.numpy() for v in source.optimizer.variables] if source.optimizer.built else []
+            record.weights = snapshot(source.weights)
+            record.optimizer_variables = snapshot(source.optimizer.variables) if source.optimizer.built else []
             self.on_file(record)
             for checkpoint in doomed:
                 self._writer.remove(checkpoint.path)

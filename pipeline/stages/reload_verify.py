@@ -167,7 +167,7 @@ def _checkpoint_reference(record: CheckpointRecord, fresh_model: Callable[[], ke
         description=f"weights at epoch {record.epoch}, step {record.step}",
         predictions=predict_logits(model, data.x_test),
         iterations=record.step,
-        optimizer_variables=record.optimizer_variables,
+        optimizer_variables=[keras.ops.convert_to_numpy(v) for v in record.optimizer_variables],
     )
 
 

@@ -11,7 +11,6 @@ are written, so a checkpoint that the keep policies delete before its upload sti
 its LoggedModel is then tagged `local_file=deleted by checkpoint.keep (latest=2)`, not silently missing.
 """
 
-import hashlib
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -46,14 +45,6 @@ def best_checkpoint(client: MlflowClient, experiment_id: str, run_id: str) -> Op
     """The run's best checkpoint so far by the policy's monitor, or None if no checkpoint was ranked."""
     found = run_models(client, experiment_id, run_id, f"tags.{BEST} = 'true'")
     return found[0] if found else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class CheckpointModels:
@@ -117,8 +108,8 @@ class CheckpointModels:
         tags = {"kind": KIND, "format": record.format.name, "policy": self.cfg.policy.value, "epoch": record.epoch, "step": record.step, "file": record.path.name}
         folder, files = None, staged
         if self._template is not None:
-            tags["file_sha256"] = _sha256(staged[0])
-            folder, files = checkpoint_model_folder(self._template, staged[0], record.format.name == "weights", batch / "model"), []
+            folder, files = batch / "model", []
+            tags["file_sha256"] = checkpoint_model_folder(self._template, staged[0], record.format.name == "weights", folder)
         else:
             tags["load_with"] = "tf.train.Checkpoint(model=..., optimizer=...) on the run's architecture, e.g. python -m pipeline.inspect --load --config"
         client = self.tracker.client

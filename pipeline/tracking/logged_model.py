@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from pipeline.files import files_under, hard_linked, linked_or_copied
+from pipeline.files import files_under, hard_linked, linked_or_copied, sha256_of
 
 MODEL_FILE = Path("data") / "model.keras"  # where MLflow's Keras flavor keeps the model
 ARCHITECTURE = ("config.json", "metadata.json")  # a .keras archive but for its weights
@@ -65,19 +65,20 @@ def keras_model_folder(model, signature, folder: Path) -> Path:
     return folder
 
 
-def checkpoint_model_folder(template: Path, checkpoint: Path, weights_only: bool, folder: Path) -> Path:
-    """An MLflow model folder for one checkpoint file, from the run's model folder `template`."""
+def checkpoint_model_folder(template: Path, checkpoint: Path, weights_only: bool, folder: Path) -> str:
+    """An MLflow model folder for one checkpoint file, from the run's model folder `template`;
+    returns the checkpoint file's SHA-256, taken as its bytes are read into the folder."""
     shutil.copytree(template, folder, ignore=shutil.ignore_patterns(MODEL_FILE.parent.name))
     model_file = folder / MODEL_FILE
     model_file.parent.mkdir()
     if not weights_only:  # a whole-model .keras checkpoint is already what the flavor loads
         linked_or_copied(checkpoint, model_file)
-        return folder
+        return sha256_of(checkpoint)
     with zipfile.ZipFile(template / MODEL_FILE) as architecture, zipfile.ZipFile(model_file, "w", zipfile.ZIP_STORED) as archive:
         for name in ARCHITECTURE:
             archive.writestr(name, architecture.read(name))
-        archive.write(checkpoint, "model.weights.h5")
-    return folder
+        with archive.open(zipfile.ZipInfo.from_file(checkpoint, "model.weights.h5"), "w") as member:
+            return sha256_of(checkpoint, copy_to=member)
 
 
 def _store(client: MlflowClient, logged: LoggedModel, folder: Path) -> None:
