@@ -23,17 +23,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def in_background(setting: Optional[bool]) -> bool:
-    """`checkpoint.background`: as set, or by default when training runs on a GPU. On the CPU the
-    training keeps every core busy, and writing (serializing, hashing, the page cache) takes
-    cores from it: the benchmark measured no gain there, so it writes on the training thread."""
-    if setting is not None:
-        return setting
-    import tensorflow as tf
-
-    return bool(tf.config.list_logical_devices("GPU"))
-
-
 def done(value) -> Future:
     """A future that already holds `value`: a write made on the training thread."""
     finished: Future = Future()

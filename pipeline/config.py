@@ -118,7 +118,7 @@ class CheckpointConfig:
     keep: KeepConfig = field(default_factory=KeepConfig)
     monitor: str = "val_loss"  # best_only, and keep.best
     mode: Mode = Mode.min  # best_only, and keep.best
-    background: Optional[bool] = None  # write checkpoints and training-state backups on another thread, from a copy taken at the step; null: when training on a GPU
+    background: bool = True  # write checkpoints and training-state backups on another thread, from a copy taken at the step (memory for the model and optimizer once more)
 
     @property
     def ranked_by(self) -> str:

@@ -106,7 +106,7 @@ def test_sigterm_mid_epoch_stops_at_a_step_and_resumes_at_the_next_batch_to_the_
     reference_cwd, reference_client, reference = uninterrupted
     client = client_for(tmp_path)
 
-    command = [*LONG_EPOCHS, "checkpoint.background=true"]  # written in the background, to the weights of the reference written on the training thread
+    command = [*LONG_EPOCHS, "checkpoint.background=false"]  # written on the training thread, to the weights of the reference written in the background
     stopped_state(client, tmp_path, stop_during(command, tmp_path, epoch=3, inside="checkpoints/cp-step-002500*"), epoch=3)
     second = stop_during(command, tmp_path, epoch=5, inside="checkpoints/cp-step-005000*")  # the same command resumes it, and is stopped again
     state = stopped_state(client, tmp_path, second, epoch=5)
@@ -130,7 +130,7 @@ def test_sigterm_mid_epoch_stops_at_a_step_and_resumes_at_the_next_batch_to_the_
 @pytest.mark.slow
 def test_a_kill_without_a_signal_resumes_from_the_state_kept_every_few_seconds(uninterrupted, tmp_path):
     _, _, reference = uninterrupted
-    command = [*LONG_EPOCHS, "resume_every_seconds=0.2", "checkpoint.background=true"]  # killed whatever is being written
+    command = [*LONG_EPOCHS, "resume_every_seconds=0.2"]  # killed whatever is being written in the background
 
     code, _, output = stop_during(command, tmp_path, epoch=3, sig=signal.SIGKILL, after=0.3, inside="resume/epoch-0002-batch-*.json")
     assert code == -signal.SIGKILL

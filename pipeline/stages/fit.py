@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
-from pipeline.background import Writes, in_background
+from pipeline.background import Writes
 from pipeline.checkpoints import CheckpointRecord, PolicyCheckpoint
 from pipeline.config import CallbacksConfig, CheckpointConfig, CheckpointPolicy, TrainingConfig
 from pipeline.context import RunContext
@@ -187,7 +187,7 @@ def fit(
         build_metrics(model, data.x_test, data.y_test)
 
     writer, linked = None, None
-    writes = Writes(model, in_background(checkpoint.background))
+    writes = Writes(model, checkpoint.background)
     keras_callbacks = optional_callbacks(callbacks, paths)
     stateful = list(keras_callbacks)
     if checkpoint.policy is not CheckpointPolicy.none:
