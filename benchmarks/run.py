@@ -488,7 +488,7 @@ def large_model_side(side: str, hidden_units: int, examples: int, epochs: int, r
     import keras
     import tensorflow as tf
 
-    from pipeline.determinism import without_autotuning
+    from pipeline.determinism import validation_dataset, without_autotuning
     from pipeline.models import ModelFactory
     from pipeline.stages.data import load_data
 
@@ -510,8 +510,7 @@ def large_model_side(side: str, hidden_units: int, examples: int, epochs: int, r
             inputs = {"x": data.x_train, "y": data.y_train, "batch_size": 256, "validation_data": (data.x_test, data.y_test)}
         else:  # shuffled each epoch and batched as plain fit does, without tf.data's autotuning (pipeline.determinism says why)
             batches = tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train)).shuffle(len(data.x_train), seed=config.seed).batch(256)
-            validation = tf.data.Dataset.from_tensor_slices((data.x_test, data.y_test)).batch(256)
-            inputs = {"x": without_autotuning(batches), "validation_data": without_autotuning(validation)}
+            inputs = {"x": without_autotuning(batches), "validation_data": validation_dataset(data.x_test, data.y_test, 256)}
         (timer, ends), start = epoch_timer(), time.time()
         model.fit(epochs=epochs, callbacks=[timer], verbose=0, **inputs)
         done, parameters = time.time(), model.count_params()
