@@ -1,7 +1,8 @@
 """The run's pictures as PNGs: training curves, the confusion matrix, the examples the model got wrong.
 
-Each is drawn on a bare Figure, not pyplot's global state, so it can run on the tracking
-thread; matplotlib is imported inside, where it costs that thread, not the job, its half second.
+Each is drawn on a bare Figure, not pyplot's global state, so it can be drawn anywhere: the
+pipeline draws them in the tracking process (`Tracker.aside`), where matplotlib's import and
+drawing take a core of their own, not the job's interpreter lock.
 """
 
 from pathlib import Path

@@ -125,9 +125,9 @@ def _log_inputs(resolved_cfg: dict, paths: RunPaths, tracker: Tracker) -> None:
     paths.resolved_config.write_text(OmegaConf.to_yaml(resolved_cfg))
     tracker.log_files([paths.resolved_config])
 
-    def record_environment():  # a third of a second of reading package metadata: off the main thread
+    def record_environment():  # a third of a second of reading package metadata: in the tracking process
         paths.requirements.parent.mkdir(parents=True, exist_ok=True)
-        paths.requirements.write_text(installed_packages())
+        paths.requirements.write_text(tracker.aside(installed_packages))
         tracker.log_files([paths.requirements])
 
     tracker.background(record_environment)
@@ -141,15 +141,16 @@ def _log_datasets(data: Dataset, tracker: Tracker, as_inputs: bool) -> None:
 
 
 def _deliver(model: keras.Model, data: Dataset, fresh_model: ModelFactory, checkpoint, settings: Config, ctx: RunContext):
-    """The stages after training: save every format, reload and verify each, evaluate, register."""
+    """The stages after training: save every format, evaluate, reload and verify each, register.
+    (Evaluated first, its pictures are drawn in the tracking process while the files load.)"""
     progress, tracker = ctx.progress, ctx.tracker
     progress.stage = "save"
     saved = save(model, settings.save, ctx)
     tracker.log_keras_model(model, keras_signature(model, data.x_test[:8]))
-    progress.stage = "verify"
-    report = reload_verify(model, data, saved, checkpoint, fresh_model, settings.verify, ctx, declared=(*settings.imports, *fresh_model.declared))
     progress.stage = "evaluate"
     evaluate(model, data, ctx)
+    progress.stage = "verify"
+    report = reload_verify(model, data, saved, checkpoint, fresh_model, settings.verify, ctx, declared=(*settings.imports, *fresh_model.declared))
     progress.stage = "register"
     register(settings.registry, data, ctx)
     return report
@@ -211,7 +212,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             tracker.set_tags({"weights_sha256": weights_digest(model)})
             history = tracker.metric_histories(["loss", "accuracy", "val_loss", "val_accuracy"])
             title = f"{model.name} on {data.name}"
-            tracker.background(lambda: tracker.log_files([plot_training_curves(history, paths.plots / "training_curves.png", title)]))
+            tracker.background(lambda: tracker.log_files([tracker.aside(plot_training_curves, history, paths.plots / "training_curves.png", title)]))
 
             if trial and trial.pruned:  # the study has better trials: nothing of this one is worth saving
                 tracker.set_tags({"status": PRUNED, "optuna.pruned_after": trial.pruned_after})

@@ -11,6 +11,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+import tensorflow as tf
 from mlflow.entities import LoggedModelStatus
 
 from conftest import free_port, only_run, stop, wait_for
@@ -36,6 +37,11 @@ def test_logged_model_loads_with_pyfunc_and_is_registered(make_cfg, client, tmp_
     mlflow.set_tracking_uri(client.tracking_uri)
     assert mlflow.get_logged_model(uri.removeprefix("models:/")).source_run_id == logged.info.run_id
     x = np.random.default_rng(0).random((16, 8, 8, 1), dtype="float32")
+    # Its requirements pin this environment's own versions, which is why MLflow's check of them is skipped (and only for the save).
+    requirements = mlflow.pyfunc.get_model_dependencies(uri)
+    pinned = set(open(requirements).read().split())
+    assert {f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"} <= pinned
+    assert mlflow.utils.environment.warn_dependency_requirement_mismatches.__module__ == "mlflow.utils.requirements_utils"
     served = mlflow.pyfunc.load_model(uri).predict(x)
     own = keras.models.load_model(tmp_path / "job" / "saved" / "keras" / "model.keras").predict(x, verbose=0)
     np.testing.assert_allclose(np.asarray(served), own, atol=1e-5)

@@ -9,12 +9,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from conftest import PROJECT, run_cli
+from pipeline.plots import plot_confusion_matrix
 from pipeline.tracking import service
 from pipeline.tracking.service import StoreClient
 
@@ -61,6 +63,19 @@ def test_a_call_returns_and_raises_what_the_client_does(tmp_path):
         store.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
     assert again.value.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
     assert store.get_experiment_by_name("e").experiment_id == experiment_id  # the pipe is in step after errors
+
+
+def test_work_beside_runs_in_the_store_process_and_returns_or_raises_there(tmp_path):
+    """The tracking's own CPU work (drawing, listing packages) runs in the store's process, not on
+    the job's interpreter lock; its result and its error come back as a call's do."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    StoreClient(uri).search_experiments()
+    assert service.beside(os.getpid) == service._service().process.pid != os.getpid()
+    picture = service.beside(plot_confusion_matrix, np.array([[3, 1], [0, 4]]), tmp_path / "cm.png", "two classes")
+    assert picture == tmp_path / "cm.png" and picture.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileNotFoundError):
+        service.beside(os.stat, str(tmp_path / "missing"))
+    assert [e.name for e in StoreClient(uri).search_experiments()] == ["Default"]  # the pipe is in step after errors
 
 
 def test_opened_ahead_a_new_store_is_made_while_the_job_goes_on(tmp_path):

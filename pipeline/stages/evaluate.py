@@ -95,10 +95,10 @@ def evaluate(model: keras.Model, data: Dataset, ctx: RunContext) -> Evaluation:
     title = f"{model.name} on {data.name}"
 
     def draw_and_upload():
-        plot_confusion_matrix(confusion, folder / "confusion_matrix.png", f"{title}: {result.accuracy:.1%} accurate")
+        tracker.aside(plot_confusion_matrix, confusion, folder / "confusion_matrix.png", f"{title}: {result.accuracy:.1%} accurate")
         if images is not None:  # not image data: nothing to draw an example as
             shown = f"{len(worst)} of {len(wrong)} misclassified, most confident first"
-            plot_misclassified(images, data.y_test[worst], predicted[worst], confidence[worst], folder / "misclassified.png", shown)
+            tracker.aside(plot_misclassified, images, data.y_test[worst], predicted[worst], confidence[worst], folder / "misclassified.png", shown)
         tracker.log_folder(folder)
         if tracker.model is not None:
             model_id = tracker.model.model_id

@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -61,8 +62,26 @@ def keras_model_folder(model, signature, folder: Path) -> Path:
     import tensorflow as tf
 
     requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
-    mlflow.keras.save_model(model, str(folder), signature=signature, pip_requirements=requirements)
+    with _requirements_trusted():
+        mlflow.keras.save_model(model, str(folder), signature=signature, pip_requirements=requirements)
     return folder
+
+
+@contextmanager
+def _requirements_trusted():
+    """Skip MLflow's check that this environment satisfies the model's requirements: they are this
+    environment's own versions, so it cannot fail, and it first maps every installed package's files
+    to its modules, a second of CPU on the interpreter lock the training holds while it starts."""
+    import mlflow.utils.environment as environment
+
+    check = getattr(environment, "warn_dependency_requirement_mismatches", None)
+    if check is not None:
+        environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        if check is not None:
+            environment.warn_dependency_requirement_mismatches = check
 
 
 def checkpoint_model_folder(template: Path, checkpoint: Path, weights_only: bool, folder: Path) -> str:

@@ -4,7 +4,8 @@ Opening a store costs a second or more before the first step: importing MLflow's
 layer and checking (for a new store, creating) its schema. A process started before
 TensorFlow is imported does that on another core while TensorFlow loads, and every
 later call to the store (a commit, an artifact copied into the store) runs there too,
-not on the training process's interpreter lock.
+not on the training process's interpreter lock. So does the tracking's own CPU work
+(`beside`): drawing the run's pictures, listing the installed packages.
 
 `StoreClient` is a drop-in for `MlflowClient`: each method is the client's, called in
 that process, and returns what the client returns or raises what it raised. Calls are
@@ -20,7 +21,10 @@ import subprocess
 import sys
 import threading
 from multiprocessing.connection import Connection
-from typing import Any, NoReturn, Optional
+from typing import Any, Callable, NoReturn, Optional, TypeVar
+
+
+T = TypeVar("T")
 
 
 class StoreClient:
@@ -61,7 +65,8 @@ class _Service:
                 return
             self._unread += 1
 
-    def call(self, uri: str, method: str, args: tuple, kwargs: dict) -> Any:
+    def call(self, uri: Optional[str], method, args: tuple, kwargs: dict) -> Any:
+        """The store's `method` called on `uri`'s client, or with no uri, `method` itself (`beside`)."""
         with self._lock:
             try:
                 for _ in range(self._unread):
@@ -92,6 +97,13 @@ def _service() -> _Service:
         if _current is None or _current.process.poll() is not None:
             _current = _Service()
         return _current
+
+
+def beside(function: Callable[..., T], *args) -> T:
+    """`function(*args)`, called in the store's process, on its own core: work that would otherwise
+    hold this process's interpreter lock while it trains or verifies. `function` is sent by name, so
+    it must be importable; its arguments and result are pickled."""
+    return _service().call(None, function, args, {})
 
 
 def prepare() -> None:
@@ -150,8 +162,11 @@ def serve(requests_fd: int, answers_fd: int) -> NoReturn:
         except EOFError:  # the job has ended: every answer was sent, every write committed
             os._exit(0)  # not the half second of tearing down MLflow's modules, which a job's caller would wait for
         try:
-            client = clients.get(uri) or clients.setdefault(uri, MlflowClient(uri))
-            answer = pickle.dumps((True, getattr(client, method)(*args, **kwargs)))
+            if uri is None:  # a function of the job's (`beside`)
+                answer = pickle.dumps((True, method(*args, **kwargs)))
+            else:
+                client = clients.get(uri) or clients.setdefault(uri, MlflowClient(uri))
+                answer = pickle.dumps((True, getattr(client, method)(*args, **kwargs)))
         except Exception as error:  # the call's error, or an answer that cannot be sent back
             answer = pickle.dumps((False, _portable(error)))
         answers.send_bytes(answer)

@@ -8,7 +8,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, TypeVar
 
 import requests
 from mlflow.entities import DatasetInput, InputTag, Metric, RunTag
@@ -18,9 +18,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipeline.files import linked_or_copied
 from pipeline.tracking.journal import JOURNAL, MODEL_STAGING, STAGING, Journal, log_batches, read_metrics, send_staged
+from pipeline.tracking import service
 from pipeline.tracking.logged_model import LoggedKerasModel, log_keras_model
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # MLflow registers its local-artifact dataset source twice, so it calls every source
 # "ambiguous" between two identical classes. Nothing for a user to act on.
@@ -63,6 +66,13 @@ class Tracker:
         with self._lock:  # the system-metrics thread queues work too
             self._submitted += 1
         self._worker.submit(self._logged, call)
+
+    @staticmethod
+    def aside(function: Callable[..., T], *args) -> T:
+        """`function(*args)` in the tracking process, on a core of its own (`service.beside`): the
+        tracking's own CPU work, such as drawing, which on this process's interpreter lock would slow
+        the training or verification beside it. Called on the tracking thread, in order."""
+        return service.beside(function, *args)
 
     def remote(self, action: str, call: Callable[[], Any]) -> None:
         """Queue one call to the tracking store; after the first failure, skip them all."""
