@@ -8,7 +8,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, TypeVar
+from typing import Any, Callable, Iterable, Optional
 
 import requests
 from mlflow.entities import DatasetInput, InputTag, Metric, RunTag
@@ -17,13 +17,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipeline.files import linked_or_copied
-from pipeline.tracking.journal import JOURNAL, MODEL_STAGING, STAGING, Journal, log_batches, read_metrics, send_staged
 from pipeline.tracking import service
+from pipeline.tracking.journal import JOURNAL, MODEL_STAGING, STAGING, Journal, log_batches, read_metrics, send_staged
 from pipeline.tracking.logged_model import LoggedKerasModel, log_keras_model
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # MLflow registers its local-artifact dataset source twice, so it calls every source
 # "ambiguous" between two identical classes. Nothing for a user to act on.
@@ -68,7 +66,7 @@ class Tracker:
         self._worker.submit(self._logged, call)
 
     @staticmethod
-    def aside(function: Callable[..., T], *args) -> T:
+    def aside(function: Callable[..., Any], *args) -> Any:
         """`function(*args)` in the tracking process, on a core of its own (`service.beside`): the
         tracking's own CPU work, such as drawing, which on this process's interpreter lock would slow
         the training or verification beside it. Called on the tracking thread, in order."""
