@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import keras
 import mlflow
@@ -38,8 +39,7 @@ def test_logged_model_loads_with_pyfunc_and_is_registered(make_cfg, client, tmp_
     assert mlflow.get_logged_model(uri.removeprefix("models:/")).source_run_id == logged.info.run_id
     x = np.random.default_rng(0).random((16, 8, 8, 1), dtype="float32")
     # Its requirements pin this environment's own versions, which is why MLflow's check of them is skipped (and only for the save).
-    requirements = mlflow.pyfunc.get_model_dependencies(uri)
-    pinned = set(open(requirements).read().split())
+    pinned = set(Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split())
     assert {f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"} <= pinned
     assert mlflow.utils.environment.warn_dependency_requirement_mismatches.__module__ == "mlflow.utils.requirements_utils"
     served = mlflow.pyfunc.load_model(uri).predict(x)

@@ -60,7 +60,7 @@ class Tracker:
         self.journal.record(kind, data, step)
 
     def background(self, call: Callable[[], Any]) -> None:
-        """Queue work for the tracking thread: calls to the store, or local work (a plot, a file) in order with them."""
+        """Queue work for the tracking thread: calls to the store, or local work (a file, a picture sent `aside`) in order with them."""
         with self._lock:  # the system-metrics thread queues work too
             self._submitted += 1
         self._worker.submit(self._logged, call)
