@@ -85,6 +85,9 @@ def _save_weights(model, path: Path) -> None:
     (The same walk through the model as `save_weights`, in Keras's own store.)"""
     from keras.src.saving import saving_lib
 
+    if not model.built:  # refused as `save_weights` refuses it: there would be nothing to write
+        raise ValueError("You are saving a model that has not yet been built. Try building the model first by calling it on some data or by using `build()`.")
+
     class Store(saving_lib.H5IOStore):
         def __setitem__(self, key, value):
             value = np.asarray(value)  # a view of the variable, where Keras's np.array copies it
