@@ -18,6 +18,8 @@ from typing import Callable, Optional, TypeVar
 
 import keras
 
+from pipeline.priority import lowest_priority
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -43,7 +45,7 @@ class Writes:
         self.live = model
         self._copy = copy_of(model) if background else None
         self._step: Optional[int] = None  # the step the copy holds
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer") if self._copy is not None else None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer", initializer=lowest_priority) if self._copy is not None else None
         self._pending: list[Future] = []
         self._failed: Optional[BaseException] = None
 

@@ -32,6 +32,7 @@ from pipeline.files import atomic_path, hard_linked
 from pipeline.formats import FORMATS
 from pipeline.formats.base import build_optimizer
 from pipeline.owner import process_alive
+from pipeline.page_cache import Recycled
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class TrainingState(keras.callbacks.Callback):
         self.extra_state, self.written_at = extra_state, written_at
         self.resumed, self.every_seconds, self.writes = resumed, every_seconds, writes
         self._epoch, self._last_write = 0, time.monotonic()
+        self._cache = Recycled()  # each state's weights written into the page-cache memory of the one before
 
     def on_train_begin(self, logs=None):
         if self.writes is None:
@@ -161,9 +163,12 @@ class TrainingState(keras.callbacks.Callback):
         source = self.writes.model
 
         def write() -> None:
-            with atomic_path(self.directory / f"{stem}{WEIGHTS.suffix}") as temporary:
+            weights = self.directory / f"{stem}{WEIGHTS.suffix}"
+            with atomic_path(weights) as temporary:
                 if same is None or not hard_linked(same, temporary):
+                    self._cache.release()
                     WEIGHTS.save(source, temporary)
+                    self._cache.hold([weights])  # its name once the write is done, as the next one looks
             if arrays:
                 with atomic_path(self.directory / f"{stem}.npz") as temporary, temporary.open("wb") as file:
                     np.savez(file, **arrays)

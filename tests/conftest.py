@@ -133,6 +133,28 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", "--lazy", str(path)], check=True)
 
 
+def cached_fraction(path: Path) -> float:
+    """The share of a file's pages in the kernel's page cache (Linux's `mincore` on a mapping of it,
+    which faults nothing in)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes, libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p], [ctypes.c_void_p, ctypes.c_size_t]
+    size, page = path.stat().st_size, mmap.PAGESIZE
+    pages = (size + page - 1) // page
+    with path.open("rb") as file:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, file.fileno(), 0)
+    assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+    try:
+        resident = (ctypes.c_ubyte * pages)()
+        assert libc.mincore(address, size, resident) == 0, os.strerror(ctypes.get_errno())
+    finally:
+        libc.munmap(address, size)
+    return sum(byte & 1 for byte in resident) / pages
+
+
 # --- servers on 127.0.0.1 -----------------------------------------------------------------------
 
 

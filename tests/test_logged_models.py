@@ -4,6 +4,7 @@ found by one query, an evaluation to look at, system metrics, and a promotion ga
 import hashlib
 import logging
 import shutil
+import sys
 from pathlib import Path
 import zipfile
 
@@ -15,9 +16,10 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF, checkpoint_models, only_run, tmp_overrides
+from conftest import CONF, cached_fraction, checkpoint_models, only_run, tmp_overrides
 from pipeline.errors import ConfigError
 from pipeline.task import run
+from pipeline.tracking.logged_model import local_folder
 
 DIGITS = ["data=digits", "data.train_size=256", "data.test_size=128"]
 
@@ -36,6 +38,20 @@ def default_run(tmp_path_factory, empty_store):
     run(cfg)
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     return client, only_run(client), root / "job"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the page cache as Linux has it")
+def test_each_checkpoint_and_its_stored_archive_leave_the_page_cache_as_the_next_are_written(default_run):
+    """`pipeline.page_cache`: of ten checkpoints, only the newest and its archive in the store are
+    still cached as the run ends; the nine before are on disk only (the next test reads every one back)."""
+    client, logged, job = default_run
+    files = {}
+    for model in checkpoint_models(client, logged):
+        stored = local_folder(model.artifact_location) / "data" / "model.keras"
+        files[int(model.tags["epoch"])] = (job / "checkpoints" / model.tags["file"], stored)
+    newest = max(files)
+    assert all(cached_fraction(path) == 1.0 for path in files.pop(newest))
+    assert max(cached_fraction(path) for both in files.values() for path in both) < 0.05
 
 
 def test_every_checkpoint_is_a_logged_model_with_its_epoch_metrics(default_run):

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from pipeline.files import atomic_path, files_under
+from pipeline.page_cache import Recycled
 
 PREDICT_BATCH = 1024
 
@@ -69,6 +70,7 @@ class Checkpoints:
     def __init__(self, fmt: "SaveFormat", model, directory: Path, prefix: str, width: int):
         self.format, self.model, self.directory, self.prefix, self.width = fmt, model, directory, prefix, width
         self.carries_optimizer = fmt.carries_optimizer
+        self._cache = Recycled()  # each checkpoint written into the page-cache memory of the one before
 
     def path(self, number: int) -> Path:
         return self.directory / f"{self.prefix}-{number:0{self.width}d}{self.format.suffix}"
@@ -76,8 +78,10 @@ class Checkpoints:
     def write(self, number: int) -> Path:
         """Write the model's current state; returns the checkpoint's path."""
         path = self.path(number)
+        self._cache.release()
         with atomic_path(path) as temporary:
             self.format.save(self.model, temporary)
+        self._cache.hold(self.format.files(path))
         return path
 
     def remove(self, path: Path) -> None:

@@ -6,6 +6,7 @@ from typing import Optional
 from pipeline.errors import ArtifactError
 from pipeline.files import atomic_path, files_under
 from pipeline.formats.base import LoadContext, Restored, SaveFormat, build_optimizer, keras_restored
+from pipeline.page_cache import Recycled
 
 
 def object_graph(model, with_optimizer: bool):
@@ -43,6 +44,11 @@ def render_variables(variables: list[dict]) -> list[str]:
     return [f"variables ({len(variables)}):"] + [f"  {v['name']}  {tuple(v['shape'])} {v['dtype']}" for v in variables]
 
 
+def prefix_files(prefix: Path) -> list[Path]:
+    """A checkpoint's own files: its index and data shards."""
+    return sorted(prefix.parent.glob(prefix.name + ".*"))
+
+
 class ManagedCheckpoints:
     """Training checkpoints as `tf.train.Checkpoint` prefixes (`cp-5.index`, `cp-5.data-*`), listed
     in the folder's `checkpoint` state file as `tf.train.CheckpointManager` lists them, so
@@ -56,19 +62,22 @@ class ManagedCheckpoints:
         self._checkpoint = object_graph(model, with_optimizer)
         state = tf.train.get_checkpoint_state(str(directory))  # a resumed run's earlier checkpoints stay listed
         self._listed = [Path(p).name for p in (state.all_model_checkpoint_paths if state else []) if Path(p + ".index").exists()]
+        self._cache = Recycled()  # each checkpoint written into the page-cache memory of the one before
 
     def path(self, number: int) -> Path:
         return self.directory / f"{self.prefix}-{number}"
 
     def write(self, number: int) -> Path:
         path = self.path(number)
+        self._cache.release()
         self._checkpoint.write(str(path))
+        self._cache.hold(prefix_files(path))
         self._listed = [n for n in self._listed if n != path.name] + [path.name]
         self._record()
         return path
 
     def remove(self, path: Path) -> None:
-        for file in path.parent.glob(path.name + ".*"):
+        for file in prefix_files(path):
             file.unlink(missing_ok=True)
         self._listed = [n for n in self._listed if n != path.name]
         self._record()
@@ -110,7 +119,7 @@ class TFCheckpointFormat(SaveFormat):
         if path.is_dir():
             return files_under(path)
         state = path.parent / "checkpoint"
-        return sorted(path.parent.glob(path.name + ".*")) + ([state] if state.exists() else [])
+        return prefix_files(path) + ([state] if state.exists() else [])
 
     def describe(self, path: Path) -> dict:
         prefix = checkpoint_prefix(path)

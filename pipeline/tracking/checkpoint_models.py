@@ -21,7 +21,9 @@ from mlflow.tracking import MlflowClient
 from pipeline.checkpoints import CheckpointRecord
 from pipeline.config import CheckpointConfig, CheckpointPolicy, Mode
 from pipeline.keep import describe
-from pipeline.tracking.logged_model import checkpoint_model_folder, keras_model_folder, log_model_folder
+from pipeline.files import files_under
+from pipeline.page_cache import Recycled
+from pipeline.tracking.logged_model import checkpoint_model_folder, keras_model_folder, local_folder, log_model_folder
 from pipeline.tracking.tracker import Tracker
 
 BEST = "best"
@@ -65,6 +67,7 @@ class CheckpointModels:
         self._staged: dict[str, tuple[Path, list[Path]]] = {}  # checkpoint file or prefix name -> its staged folder and files
         self._best: Optional[tuple[float, str]] = None
         self._template: Optional[Path] = None
+        self._cache = Recycled()  # each checkpoint's stored files written into the page-cache memory of the one before, and its file read
         if resuming:
             tracker.remote("finding the run's checkpoints", self._recall)
 
@@ -107,6 +110,7 @@ class CheckpointModels:
         value = record.value
         tags = {"kind": KIND, "format": record.format.name, "policy": self.cfg.policy.value, "epoch": record.epoch, "step": record.step, "file": record.path.name}
         folder, files = None, staged
+        self._cache.release()
         if self._template is not None:
             folder, files = batch / "model", []
             tags["file_sha256"] = checkpoint_model_folder(self._template, staged[0], record.format.name == "weights", folder)
@@ -114,6 +118,8 @@ class CheckpointModels:
             tags["load_with"] = "tf.train.Checkpoint(model=..., optimizer=...) on the run's architecture, e.g. python -m pipeline.inspect --load --config"
         client = self.tracker.client
         logged = log_model_folder(client, self.tracker.experiment_id, self.tracker.run_id, name, folder, files, tags, step=record.step)
+        stored = local_folder(logged.artifact_location)
+        self._cache.hold([*(files_under(stored) if stored is not None else []), *record.format.files(record.path)])  # the checkpoint too: read again here
         self.ids[key], self._names[record.path.name] = logged.model_id, logged.model_id
         if value is not None and (self._best is None or self._better(value, self._best[0])):
             client.set_logged_model_tags(logged.model_id, {BEST: "true"})

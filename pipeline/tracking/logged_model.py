@@ -106,17 +106,24 @@ def _store(client: MlflowClient, logged: LoggedModel, folder: Path) -> None:
     archive, written for it) as they are: a second name, where MLflow would copy gigabytes while
     training runs. A file with other names (a whole-model checkpoint in the run's folder) is
     copied, so that rewriting it there cannot change what the store holds."""
-    from mlflow.utils.file_utils import local_file_uri_to_path
-    from mlflow.utils.uri import is_local_uri
-
-    if not is_local_uri(logged.artifact_location, is_tracking_or_registry_uri=False):  # a server's, or a bucket
+    stored = local_folder(logged.artifact_location)
+    if stored is None:  # a server's, or a bucket
         client.log_model_artifacts(logged.model_id, str(folder))
         return
     for path in files_under(folder):
-        target = Path(local_file_uri_to_path(logged.artifact_location)) / path.relative_to(folder)
+        target = stored / path.relative_to(folder)
         target.parent.mkdir(parents=True, exist_ok=True)
         if path.stat().st_nlink > 1 or not hard_linked(path, target):
             shutil.copy2(path, target)
+
+
+def local_folder(artifact_location: str) -> Optional[Path]:
+    """Where a LoggedModel's files are on this machine: its folder in a local artifact store, or
+    None for a server's or a bucket's."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
+
+    return Path(local_file_uri_to_path(artifact_location)) if is_local_uri(artifact_location, is_tracking_or_registry_uri=False) else None
 
 
 def _describe(folder: Path, logged: LoggedModel, run_id: str) -> None:

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipeline.files import linked_or_copied
+from pipeline.priority import lowest_priority
 from pipeline.tracking import service
 from pipeline.tracking.journal import JOURNAL, MODEL_STAGING, STAGING, Journal, log_batches, read_metrics, send_staged
 from pipeline.tracking.logged_model import LoggedKerasModel, log_keras_model
@@ -52,7 +53,7 @@ class Tracker:
         self.lost: Optional[str] = None  # why the tracking server stopped answering
         self.datasets: dict[str, tuple[str, str]] = {}  # context ("training", "evaluation") -> (name, digest), once logged
         self.model: Optional[LoggedKerasModel] = None  # the trained model, once logged
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-upload")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-upload", initializer=lowest_priority)
         self._submitted = 0  # work queued so far, some of it queued by other queued work
         self._lock = threading.Lock()
 
