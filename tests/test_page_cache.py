@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import cached_fraction
 from mlflow import MlflowClient
 
 from pipeline.background import Writes
@@ -17,7 +18,6 @@ from pipeline.formats import FORMATS
 from pipeline.page_cache import Recycled
 from pipeline.priority import LOWEST
 from pipeline.tracking.tracker import Tracker
-from conftest import cached_fraction
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page cache and per-thread priorities as Linux has them")
 

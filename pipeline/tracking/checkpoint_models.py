@@ -20,8 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.checkpoints import CheckpointRecord
 from pipeline.config import CheckpointConfig, CheckpointPolicy, Mode
-from pipeline.keep import describe
 from pipeline.files import files_under
+from pipeline.keep import describe
 from pipeline.page_cache import Recycled
 from pipeline.tracking.logged_model import checkpoint_model_folder, keras_model_folder, local_folder, log_model_folder
 from pipeline.tracking.tracker import Tracker
