@@ -34,13 +34,8 @@ class Recycled:
             return
         for path in held:
             try:
-                descriptor = os.open(path, os.O_RDONLY)
-            except OSError:  # gone (a keep policy deleted it): the kernel freed its pages then
-                continue
-            try:
-                os.fdatasync(descriptor)  # the kernel drops clean pages only
-                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass  # a file system without either: the pages stay cached, as they would have
-            finally:
-                os.close(descriptor)
+                with open(path, "rb") as file:
+                    os.fdatasync(file.fileno())  # the kernel drops clean pages only
+                    os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:  # gone (a keep policy deleted it, freeing its pages), or a file system without either
+                pass
