@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional
 
-from pipeline.direct_io import blocks
 from pipeline.errors import ArtifactError
 
 
@@ -93,21 +92,6 @@ def hard_linked(source: Path, link: Path) -> bool:
     return True
 
 
-def seal(paths: list[Path]) -> None:
-    """Take away every write permission from finished files, so that no one rewrites them in place
-    (`model.save(path)` onto an existing path truncates the same file): the pipeline gives a
-    checkpoint's bytes more names (the training state, its LoggedModel in a local store), as DVC's
-    hard-linked cache does, and protects them the same way. Deleting or renaming over one is
-    unaffected."""
-    for path in paths:
-        path.chmod(path.stat().st_mode & ~0o222)
-
-
-def sealed(path: Path) -> bool:
-    """Whether no one may write to the file in place (`seal`)."""
-    return path.stat().st_mode & 0o222 == 0
-
-
 def linked_or_copied(source: Path, target: Path) -> None:
     """`source`'s bytes at `target`: a second name for them where the file system allows (no
     gigabytes copied), else a copy. For the pipeline's own files, which it never rewrites in
@@ -118,15 +102,15 @@ def linked_or_copied(source: Path, target: Path) -> None:
 
 
 def sha256_of(path: Path, copy_to: Optional[BinaryIO] = None) -> str:
-    """The file's SHA-256, read once in 16 MiB blocks past the page cache (`pipeline.direct_io`),
-    and written on to `copy_to` as it is read. (One pass for both: `zipfile` copying a 1.2 GB
-    checkpoint into an archive in its own 8 KiB blocks, then a second pass to hash it, took 3.2 s
-    of CPU; this took 1.75 s through the page cache.)"""
+    """The file's SHA-256, read once in 16 MiB blocks, and written on to `copy_to` as it is read.
+    (One pass for both: `zipfile` copying a 1.2 GB checkpoint into an archive in its own 8 KiB
+    blocks, then a second pass to hash it, took 3.2 s of CPU; this takes 1.75 s.)"""
     digest = hashlib.sha256()
-    for block in blocks(path):
-        digest.update(block)
-        if copy_to is not None:
-            copy_to.write(block)
+    with path.open("rb") as file:
+        while block := file.read(1 << 24):
+            digest.update(block)
+            if copy_to is not None:
+                copy_to.write(block)
     return digest.hexdigest()
 
 

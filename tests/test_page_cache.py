@@ -59,10 +59,10 @@ def test_a_released_file_leaves_the_cache_and_keeps_its_bytes(tmp_path, drops):
 
 
 @linux
-@pytest.mark.parametrize("name", ["keras", "tf_checkpoint"])
+@pytest.mark.parametrize("name", ["weights", "keras", "tf_checkpoint"])
 def test_each_checkpoint_leaves_the_cache_as_the_next_is_written(tmp_path, drops, name):
     """The newest checkpoint stays cached (its LoggedModel's archive is made from it); the one before
-    is on disk only, and reads back whole. (Weights checkpoints never enter it: test_direct_io.py.)"""
+    is on disk only, and reads back whole."""
     model, fmt = model_with_state(), FORMATS[name]
     writer = fmt.checkpoints(model, tmp_path, "cp", 4, with_optimizer=True)
     first = writer.write(1)
@@ -72,24 +72,6 @@ def test_each_checkpoint_leaves_the_cache_as_the_next_is_written(tmp_path, drops
     assert max(cached_fraction(f) for f in first_bytes) < 0.05
     assert min(cached_fraction(f) for f in fmt.files(second) if f.name != "checkpoint") == 1.0
     assert {f: f.read_bytes() for f in first_bytes} == first_bytes
-
-
-@linux
-def test_weights_checkpoints_never_enter_the_cache_and_restore_exactly(tmp_path, drops):
-    """Built in memory the writer keeps and written past the cache (`pipeline.direct_io`): neither
-    checkpoint is cached, and each restores the state it was written from."""
-    model, fmt = model_with_state(), FORMATS["weights"]
-    writer = fmt.checkpoints(model, tmp_path, "cp", 4, with_optimizer=True)
-    states = []
-    for number in (1, 2):
-        states.append([v.numpy() for v in model.weights + model.optimizer.variables])
-        writer.write(number)
-        model.fit(np.ones((4, 64), "float32"), np.arange(4), epochs=1, verbose=0)
-    for number, state in zip((1, 2), states):
-        assert cached_fraction(writer.path(number)) < 0.05
-        restored = model_with_state()
-        restored.load_weights(writer.path(number))
-        assert all(np.array_equal(a, v.numpy()) for a, v in zip(state, restored.weights + restored.optimizer.variables, strict=True))
 
 
 @linux

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from pipeline.files import atomic_path, files_under, seal
+from pipeline.files import atomic_path, files_under
 from pipeline.page_cache import Recycled
 
 PREDICT_BATCH = 1024
@@ -64,8 +64,8 @@ def raw_state_bytes(model, with_optimizer: bool) -> int:
 
 class Checkpoints:
     """Training checkpoints in one folder, one file each, named `{prefix}-{number}` (zero-padded
-    to `width`), written atomically and then read-only (`pipeline.files.seal`). The checkpoint
-    policy decides when to write, the keep policies which to remove."""
+    to `width`) and written atomically. The checkpoint policy decides when to write, the keep
+    policies which to remove."""
 
     def __init__(self, fmt: "SaveFormat", model, directory: Path, prefix: str, width: int):
         self.format, self.model, self.directory, self.prefix, self.width = fmt, model, directory, prefix, width
@@ -80,14 +80,9 @@ class Checkpoints:
         path = self.path(number)
         self._cache.release()
         with atomic_path(path) as temporary:
-            self.save(temporary)
-        seal(self.format.files(path))
+            self.format.save(self.model, temporary)
         self._cache.hold(self.format.files(path))
         return path
-
-    def save(self, path: Path) -> None:
-        """Write one checkpoint's files at `path`, as the format saves a model."""
-        self.format.save(self.model, path)
 
     def remove(self, path: Path) -> None:
         for file in self.format.files(path):

@@ -12,9 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.direct_io import Image
 from pipeline.errors import ConfigError
-from pipeline.formats.base import Checkpoints, LoadContext, Restored, SaveFormat, build_optimizer, keras_restored
+from pipeline.formats.base import LoadContext, Restored, SaveFormat, build_optimizer, keras_restored
 from pipeline.formats.hdf5 import describe_hdf5, render_hdf5
 from pipeline.formats.summary import render_summary
 
@@ -48,11 +47,6 @@ class WeightsFormat(SaveFormat):
         except ValueError as error:  # Keras does not split a variable across shards
             raise ConfigError(f"save.weights.max_shard_size={self.max_shard_size} GB is smaller than a variable of the model: {str(error).splitlines()[0]}") from None
 
-    def checkpoints(self, model, directory: Path, prefix: str, width: int, with_optimizer: bool) -> Checkpoints:
-        if self.max_shard_size is not None:  # Keras's own sharded writer
-            return super().checkpoints(model, directory, prefix, width, with_optimizer)
-        return WeightsCheckpoints(self, model, directory, prefix, width)
-
     def load(self, path: Path, ctx: LoadContext) -> Restored:
         """Into a model built from the config; the optimizer's variables load only into a built optimizer."""
         model = ctx.fresh_model()
@@ -83,24 +77,18 @@ class WeightsFormat(SaveFormat):
         return shards + (render_hdf5(info) if full else render_summary(None, info, None))
 
 
-def _save_weights(model, path: Path, image: Optional[Image] = None) -> None:
-    """`model.save_weights(path)` without Keras's copy of every variable: its HDF5 store first
-    copies each into a fresh NumPy array (`np.array`), 1.2 GB of new memory a checkpoint for 100
-    million parameters with Adam. Writing from the variables' own buffers took 2.0 to 2.6 s of CPU
-    where `save_weights` took 6 s. (The same walk through the model as `save_weights`, in Keras's
-    own store.) Without `image`, the file is byte for byte `save_weights`'s; with it, the file is
-    built in that image and written past the page cache (`pipeline.direct_io`): the same groups,
-    arrays and attributes, laid out by h5py's file-object driver."""
-    import h5py
+def _save_weights(model, path: Path) -> None:
+    """`model.save_weights(path)`, byte for byte, without Keras's copy of every variable: its HDF5
+    store first copies each into a fresh NumPy array (`np.array`), 1.2 GB of new memory a checkpoint
+    for 100 million parameters with Adam. Writing from the variables' own buffers took 2.0 to 2.6 s
+    of CPU where `save_weights` took 6 s, and 3.5 to 4.8 s against 5.2 to 6.1 s beside training.
+    (The same walk through the model as `save_weights`, in Keras's own store.)"""
     from keras.src.saving import saving_lib
 
     if not model.built:  # refused as `save_weights` refuses it: there would be nothing to write
         raise ValueError("You are saving a model that has not yet been built. Try building the model first by calling it on some data or by using `build()`.")
 
     class Store(saving_lib.H5IOStore):
-        def _get_h5_file(self, path_or_io, mode=None):
-            return super()._get_h5_file(path_or_io, mode) if image is None else h5py.File(image, mode="w")
-
         def __setitem__(self, key, value):
             value = np.asarray(value)  # a view of the variable, where Keras's np.array copies it
             if value.dtype.name == "bfloat16":  # Keras marks those in an attribute
@@ -109,25 +97,9 @@ def _save_weights(model, path: Path, image: Optional[Image] = None) -> None:
                 self._create_h5_group(self._h5_entry_path)
             self._h5_entry_group[key] = value
 
-    if image is not None:
-        image.reset()
     store = Store(path, mode="w")  # left open if a write fails, as Keras leaves it: `atomic_path` closes it
     saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
     store.close()
-    if image is not None:
-        image.save(path)
-
-
-class WeightsCheckpoints(Checkpoints):
-    """Weights checkpoints, each built in one `Image` kept for the run and written past the page
-    cache: a large model's checkpoints cost a fraction of the CPU, beside a training that needs it."""
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self._image = Image()
-
-    def save(self, path: Path) -> None:
-        _save_weights(self.model, path, self._image)
 
 
 def _weights_file(path: Path) -> Path:

@@ -27,8 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from pipeline.direct_io import Writer
-from pipeline.files import files_under, hard_linked, linked_or_copied, sealed, sha256_of
+from pipeline.files import files_under, hard_linked, linked_or_copied, sha256_of
 
 MODEL_FILE = Path("data") / "model.keras"  # where MLflow's Keras flavor keeps the model
 ARCHITECTURE = ("config.json", "metadata.json")  # a .keras archive but for its weights
@@ -87,17 +86,14 @@ def _requirements_trusted():
 
 def checkpoint_model_folder(template: Path, checkpoint: Path, weights_only: bool, folder: Path) -> str:
     """An MLflow model folder for one checkpoint file, from the run's model folder `template`;
-    returns the checkpoint file's SHA-256, taken as its bytes are read into the folder. The archive
-    is read and written past the page cache (`pipeline.direct_io`). (Not an unzipped `.keras`
-    folder holding the checkpoint by a second name: Keras opens any path ending in `.keras`, the
-    name MLflow's Keras flavor loads, as a zip.)"""
+    returns the checkpoint file's SHA-256, taken as its bytes are read into the folder."""
     shutil.copytree(template, folder, ignore=shutil.ignore_patterns(MODEL_FILE.parent.name))
     model_file = folder / MODEL_FILE
     model_file.parent.mkdir()
     if not weights_only:  # a whole-model .keras checkpoint is already what the flavor loads
         linked_or_copied(checkpoint, model_file)
         return sha256_of(checkpoint)
-    with zipfile.ZipFile(template / MODEL_FILE) as architecture, Writer(model_file) as file, zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
+    with zipfile.ZipFile(template / MODEL_FILE) as architecture, zipfile.ZipFile(model_file, "w", zipfile.ZIP_STORED) as archive:
         for name in ARCHITECTURE:
             archive.writestr(name, architecture.read(name))
         with archive.open(zipfile.ZipInfo.from_file(checkpoint, "model.weights.h5"), "w") as member:
@@ -106,10 +102,10 @@ def checkpoint_model_folder(template: Path, checkpoint: Path, weights_only: bool
 
 def _store(client: MlflowClient, logged: LoggedModel, folder: Path) -> None:
     """The folder's files as the LoggedModel's artifacts; uploaded by MLflow, except into a local
-    artifact store, which takes them by a second name where MLflow would copy gigabytes while
-    training runs: the files only this folder names, and read-only ones (a checkpoint of the run,
-    `pipeline.files.seal`). A writable file with other names is copied, so that rewriting it in
-    place there cannot change what the store holds."""
+    artifact store, which takes over the files only this folder names (a weights checkpoint's
+    archive, written for it) as they are: a second name, where MLflow would copy gigabytes while
+    training runs. A file with other names (a whole-model checkpoint in the run's folder) is
+    copied, so that rewriting it there cannot change what the store holds."""
     stored = local_folder(logged.artifact_location)
     if stored is None:  # a server's, or a bucket
         client.log_model_artifacts(logged.model_id, str(folder))
@@ -117,7 +113,7 @@ def _store(client: MlflowClient, logged: LoggedModel, folder: Path) -> None:
     for path in files_under(folder):
         target = stored / path.relative_to(folder)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if (path.stat().st_nlink > 1 and not sealed(path)) or not hard_linked(path, target):
+        if path.stat().st_nlink > 1 or not hard_linked(path, target):
             shutil.copy2(path, target)
 
 
