@@ -10,9 +10,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import cached_fraction
 from mlflow import MlflowClient
 
+from conftest import cached_fraction
 from pipeline.background import Writes
 from pipeline.formats import FORMATS
 from pipeline.page_cache import Recycled
