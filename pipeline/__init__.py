@@ -7,6 +7,10 @@ in `pipeline.console`, which each command line applies first.)
 
 import os
 
+from pipeline import heap
+
+heap.one_heap()  # before any other thread allocates: the heaps are counted as threads start (pipeline.heap)
+
 # A tracking server that stops answering is given up on in seconds, not MLflow's minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")

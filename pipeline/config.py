@@ -39,7 +39,7 @@ class CheckpointFormat(Enum):
 
 
 class CpuAllocator(Enum):
-    bfc = "bfc"  # TensorFlow's BFC allocator: freed buffers kept for the next step (pipeline.allocator)
+    bfc = "bfc"  # TensorFlow's BFC allocator and glibc's heap: freed buffers kept for the next step (pipeline.allocator)
     malloc = "malloc"  # TensorFlow's default on the CPU: each buffer from the system, and back to it
 
 
@@ -250,7 +250,7 @@ class TrainingConfig:
     # at exact steps between calls.
     steps_per_execution: Optional[int] = None
     # Where TensorFlow takes CPU memory from: bfc keeps freed buffers for the next step, where malloc
-    # (TensorFlow's default) maps a large one afresh each step. The same weights (pipeline.allocator).
+    # (TensorFlow's and glibc's default) maps a large one afresh each step. The same weights (pipeline.allocator).
     cpu_allocator: CpuAllocator = CpuAllocator.bfc
 
     def steps_per_call(self, policy: "CheckpointPolicy", distributed: bool) -> int:
