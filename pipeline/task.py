@@ -146,7 +146,8 @@ def _deliver(model: keras.Model, data: Dataset, fresh_model: ModelFactory, check
     progress, tracker = ctx.progress, ctx.tracker
     progress.stage = "save"
     saved = save(model, settings.save, ctx)
-    tracker.log_keras_model(model, keras_signature(model, data.x_test[:8]))
+    archive = next((s.path for s in saved if s.format.name == "keras" and s.path.is_file()), None)  # zipped, and written
+    tracker.log_keras_model(model, keras_signature(model, data.x_test[:8]), archive)
     progress.stage = "evaluate"
     evaluate(model, data, ctx)
     progress.stage = "verify"

@@ -15,6 +15,7 @@ import pytest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from hydra import compose, initialize_config_dir
+from mlflow.models import Model
 
 from conftest import CONF, cached_fraction, checkpoint_models, only_run, tmp_overrides
 from pipeline.errors import ConfigError
@@ -75,18 +76,20 @@ def test_every_checkpoint_is_a_logged_model_with_its_epoch_metrics(default_run):
         # The file exactly as written: the Keras-flavor archive stores its bytes untouched.
         written = (job / "checkpoints" / model.tags["file"]).read_bytes()
         local = mlflow.artifacts.download_artifacts(f"{model.artifact_location}/data/model.keras")
-        with zipfile.ZipFile(local) as keras_file:
+        with zipfile.ZipFile(local) as keras_file, zipfile.ZipFile(job / "saved" / "keras" / "model.keras") as saved:
             assert keras_file.testzip() is None  # every entry's CRC-32 checks
             assert keras_file.read("model.weights.h5") == written
+            assert keras_file.read("config.json") == saved.read("config.json")  # the run's architecture, as model.save writes it
         assert model.tags["file_sha256"] == sha256(written)
+        stored = local_folder(model.artifact_location)
+        size = sum(f.stat().st_size for f in stored.rglob("*") if f.is_file() and f.name != "MLmodel")
+        assert Model.load(stored).model_size_bytes == size  # the checkpoint's own size, counted as MLflow counts it
 
 
 def test_a_local_store_takes_over_files_only_the_model_folder_names(client, tmp_path):
     """A file written for the LoggedModel becomes the store's by a second name, not a copy of its
     gigabytes; one with another name outside (a checkpoint of the run) is copied, so that rewriting
     it there cannot change what the store holds."""
-    from mlflow.models import Model
-
     from pipeline.tracking.logged_model import log_model_folder
 
     experiment = client.create_experiment("linking", artifact_location=str(tmp_path / "artifacts"))

@@ -17,6 +17,7 @@ from mlflow.entities import LoggedModelStatus
 
 from conftest import free_port, only_run, stop, wait_for
 from pipeline.task import run
+from pipeline.tracking.logged_model import local_folder
 
 QUICK = ["data=digits", "data.train_size=256", "data.test_size=64", "training.epochs=2", "checkpoint=none"]
 
@@ -43,7 +44,12 @@ def test_logged_model_loads_with_pyfunc_and_is_registered(make_cfg, client, tmp_
     assert {f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"} <= pinned
     assert mlflow.utils.environment.warn_dependency_requirement_mismatches.__module__ == "mlflow.utils.requirements_utils"
     served = mlflow.pyfunc.load_model(uri).predict(x)
-    own = keras.models.load_model(tmp_path / "job" / "saved" / "keras" / "model.keras").predict(x, verbose=0)
+    saved = tmp_path / "job" / "saved" / "keras" / "model.keras"
+    own = keras.models.load_model(saved).predict(x, verbose=0)
+    # The model is saved once: the LoggedModel holds the saved archive byte for byte, not the model written again.
+    stored = local_folder(model.artifact_location) / "data" / "model.keras"
+    assert stored.read_bytes() == saved.read_bytes() and stored.stat().st_mtime_ns == saved.stat().st_mtime_ns  # a copy of that file
+    assert not stored.samefile(saved)  # a copy: rewriting the run's file cannot change what the store holds
     np.testing.assert_allclose(np.asarray(served), own, atol=1e-5)
 
     version = client.get_model_version_by_alias("digits-residual", "candidate")

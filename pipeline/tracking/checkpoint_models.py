@@ -23,7 +23,7 @@ from pipeline.config import CheckpointConfig, CheckpointPolicy, Mode
 from pipeline.files import files_under
 from pipeline.keep import describe
 from pipeline.page_cache import Recycled
-from pipeline.tracking.logged_model import checkpoint_model_folder, keras_model_folder, local_folder, log_model_folder
+from pipeline.tracking.logged_model import checkpoint_model_folder, checkpoint_template, local_folder, log_model_folder
 from pipeline.tracking.tracker import Tracker
 
 BEST = "best"
@@ -73,12 +73,11 @@ class CheckpointModels:
 
     def prepare(self, model, signature, format_name: str) -> None:
         """Write the run's MLflow model folder once: each Keras checkpoint's LoggedModel is that
-        folder with the checkpoint's file in place of the model's. It is written on the tracking
-        thread, before any checkpoint is logged there, while training starts (a second of MLflow's
-        Keras flavor); only its config and MLflow's files are used, never the weights it holds."""
+        folder with the checkpoint's file in place of its config-only archive. It is written on the
+        tracking thread, before any checkpoint is logged there, while training starts."""
         if format_name in KERAS_FLAVORED:
             folder = self.tracker.stage_for_model([]) / "template"
-            self.tracker.remote("writing the run's MLflow model folder", lambda: setattr(self, "_template", keras_model_folder(model, signature, folder)))
+            self.tracker.remote("writing the run's MLflow model folder", lambda: setattr(self, "_template", checkpoint_template(model, signature, folder)))
 
     def at(self, key: int) -> Optional[str]:
         """The LoggedModel written at this epoch (step, by batch), once logged; asked on the tracking thread."""

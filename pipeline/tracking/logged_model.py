@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from pipeline.files import files_under, hard_linked, linked_or_copied, sha256_of
+from pipeline.files import disk_bytes, files_under, hard_linked, linked_or_copied, sha256_of
 
 MODEL_FILE = Path("data") / "model.keras"  # where MLflow's Keras flavor keeps the model
 ARCHITECTURE = ("config.json", "metadata.json")  # a .keras archive but for its weights
@@ -50,8 +50,9 @@ def keras_signature(model, x_sample):
     return infer_signature(x_sample, keras.ops.convert_to_numpy(model(x_sample, training=False)))
 
 
-def keras_model_folder(model, signature, folder: Path) -> Path:
-    """`model` as an MLflow model folder with the Keras flavor.
+def keras_model_folder(model, signature, folder: Path, archive: Optional[Path] = None) -> Path:
+    """`model` as an MLflow model folder with the Keras flavor; its model file is `archive`, where
+    the run has already saved the model as a `.keras` archive, rather than the model written again.
 
     Requirements are pinned from this environment rather than inferred, which would load
     the model again in a subprocess. (MLflow 3.17's Keras flavor fails with `input_example`;
@@ -63,8 +64,33 @@ def keras_model_folder(model, signature, folder: Path) -> Path:
 
     requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
     with _requirements_trusted():
-        mlflow.keras.save_model(model, str(folder), signature=signature, pip_requirements=requirements)
+        mlflow.keras.save_model(model if archive is None else _Saved(archive), str(folder), signature=signature, pip_requirements=requirements)
     return folder
+
+
+def checkpoint_template(model, signature, folder: Path) -> Path:
+    """The run's MLflow model folder for its checkpoints: the flavor's files, around a `.keras`
+    archive of the model's config alone (`config.json`, `metadata.json`, as `model.save` writes
+    them), which each checkpoint's archive takes. The weights are each checkpoint's own."""
+    from keras.src.saving.saving_lib import _serialize_model_as_json
+
+    archive = folder.with_suffix(".keras")
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w") as architecture:
+        for name, text in zip(ARCHITECTURE, _serialize_model_as_json(model)):
+            architecture.writestr(name, text)
+    return keras_model_folder(model, signature, folder, archive)
+
+
+class _Saved:
+    """The model as MLflow's `save_model` sees it, which only calls its `save`: a `.keras` archive
+    already written, put in place by a second name (or a copy)."""
+
+    def __init__(self, archive: Path):
+        self.archive = archive
+
+    def save(self, path: str, **options) -> None:
+        linked_or_copied(self.archive, Path(path))
 
 
 @contextmanager
@@ -132,6 +158,7 @@ def _describe(folder: Path, logged: LoggedModel, run_id: str) -> None:
 
     description = Model.load(folder)
     description.artifact_path, description.model_id, description.run_id = logged.artifact_location, logged.model_id, run_id
+    description.model_size_bytes = disk_bytes(folder) - (folder / "MLmodel").stat().st_size  # as MLflow counts it; a checkpoint's own, not the template's
     description.model_uuid = uuid.uuid4().hex
     description.utc_time_created = time.strftime("%Y-%m-%d %H:%M:%S.000000", time.gmtime())
     description.save(folder / "MLmodel")
@@ -151,10 +178,11 @@ def log_model_folder(client: MlflowClient, experiment_id: str, run_id: str, name
     return LoggedKerasModel(logged.model_id, f"models:/{logged.model_id}", logged.artifact_location)
 
 
-def log_keras_model(client: MlflowClient, experiment_id: str, run_id: str, model, signature, tags: dict) -> LoggedKerasModel:
-    """The trained model with MLflow's Keras flavor, as an output of the run."""
+def log_keras_model(client: MlflowClient, experiment_id: str, run_id: str, model, signature, tags: dict, archive: Optional[Path] = None) -> LoggedKerasModel:
+    """The trained model with MLflow's Keras flavor, as an output of the run (its `.keras` archive
+    as saved, if it was)."""
     with tempfile.TemporaryDirectory() as scratch:
-        folder = keras_model_folder(model, signature, Path(scratch) / "model")
+        folder = keras_model_folder(model, signature, Path(scratch) / "model", archive)
         return log_model_folder(client, experiment_id, run_id, "model", folder, [], tags)
 
 

@@ -188,12 +188,13 @@ class Tracker:
 
         self.remote("logging a dataset", log_input)
 
-    def log_keras_model(self, model, signature) -> None:
+    def log_keras_model(self, model, signature, archive: Optional[Path] = None) -> None:
         """Log the model with MLflow's Keras flavor, so `mlflow.pyfunc.load_model` and
-        `mlflow models serve` work on it; `self.model` says where, once the upload is done."""
+        `mlflow models serve` work on it; `self.model` says where, once the upload is done.
+        `archive`: the model already saved as a `.keras` archive, which is logged as it is."""
 
         def log_model():
-            self.model = log_keras_model(self.client, self.experiment_id, self.run_id, model, signature, {"kind": "final"})
+            self.model = log_keras_model(self.client, self.experiment_id, self.run_id, model, signature, {"kind": "final"}, archive)
             self.set_tags({"mlflow_model_uri": self.model.uri})
             log.info("mlflow  | logged the model as %s", self.model.uri)
 
