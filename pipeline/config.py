@@ -250,7 +250,7 @@ class TrainingConfig:
     # at exact steps between calls.
     steps_per_execution: Optional[int] = None
     # Where TensorFlow takes CPU memory from: bfc keeps freed buffers for the next step, where malloc
-    # (TensorFlow's and glibc's default) maps a large one afresh each step. The same weights (pipeline.allocator).
+    # (TensorFlow's default, glibc's heap as it is) maps a large one afresh each step. The same weights (pipeline.allocator).
     cpu_allocator: CpuAllocator = CpuAllocator.bfc
 
     def steps_per_call(self, policy: "CheckpointPolicy", distributed: bool) -> int:
