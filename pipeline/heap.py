@@ -10,22 +10,21 @@ what `training.cpu_allocator=bfc` asks (`pipeline.allocator` says why).
 import ctypes
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # malloc.h
+_MALLOPT = getattr(ctypes.CDLL(None), "mallopt", None)  # glibc's and musl's (which ignores it); macOS has none
 
 
-def _mallopt(parameter: int, value: int) -> None:
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # glibc's and musl's (which ignores it); macOS has none
-    if mallopt is not None:
-        mallopt(parameter, value)
+def _mallopt(*settings: tuple[int, int]) -> None:
+    for parameter, value in settings if _MALLOPT is not None else ():
+        _MALLOPT(parameter, value)
 
 
 def one_heap() -> None:
     """Every thread allocates from the main heap: glibc counts heaps only as threads first
     allocate, so this holds for the threads that have not allocated yet."""
-    _mallopt(M_ARENA_MAX, 1)
+    _mallopt((M_ARENA_MAX, 1))
 
 
 def keep_freed() -> None:
     """No buffer is a mapping of its own, and the heap is never trimmed (-1: never): freed
     memory stays the process's, for its next allocation, until it exits."""
-    _mallopt(M_MMAP_MAX, 0)
-    _mallopt(M_TRIM_THRESHOLD, -1)
+    _mallopt((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
